@@ -1,0 +1,261 @@
+//! Base images: resolving iso_url, verifying iso_checksum, and the qemu-img calls (info, overlay
+//! create, convert).
+
+use kiln_core::{Error, Result};
+use sha2::Digest as _;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Resolves iso_url to a local path (a plain path or file:// URL; relative to the working
+/// directory as in Packer).
+pub fn resolve_url(url: &str) -> Result<PathBuf> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        return Ok(PathBuf::from(rest));
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Err(Error::failed(format!("iso_url {url:?}: downloading over http(s) is not supported yet; download the image and set iso_url to its local path")));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(Error::failed(format!(
+            "iso_url {url:?}: unsupported scheme {scheme:?}; use a local path or file:// URL"
+        )));
+    }
+    Ok(PathBuf::from(url))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    digest_file::<sha2::Sha256>(path)
+}
+
+fn digest_file<D: sha2::Digest>(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let mut h = D::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Verifies `path` against iso_checksum (`sha256:…`, `sha512:…`, `md5:…`, bare hex, `file:PATH`,
+/// `none`). Returns the sha256 of the file (computed anyway, for the manifest).
+pub fn verify_checksum(path: &Path, spec: &str) -> Result<String> {
+    let spec = spec.trim();
+    let sha256 = sha256_file(path)?;
+    if spec.eq_ignore_ascii_case("none") {
+        return Ok(sha256);
+    }
+    let (algo, want) = if let Some(src) = spec.strip_prefix("file:") {
+        let file = resolve_url(src.trim_start_matches("//").trim_start_matches("file:"))?;
+        let file = if src.starts_with("file://") || src.starts_with("//") {
+            PathBuf::from(src.trim_start_matches("file:").trim_start_matches("//"))
+        } else {
+            file
+        };
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| Error::io(format!("cannot read checksum file {}", file.display()), e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let want = text
+            .lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                let (h, f) = (it.next()?, it.next()?);
+                (f.trim_start_matches('*').trim_start_matches("./") == name).then(|| h.to_string())
+            })
+            .or_else(|| {
+                let l: Vec<&str> = text.split_whitespace().collect();
+                (l.len() == 1).then(|| l[0].to_string())
+            })
+            .ok_or_else(|| {
+                Error::failed(format!(
+                    "checksum file {} has no line for {name}",
+                    file.display()
+                ))
+            })?;
+        (algo_for_len(want.len()), want)
+    } else if let Some((a, h)) = spec.split_once(':') {
+        (a.to_ascii_lowercase(), h.to_string())
+    } else {
+        (algo_for_len(spec.len()), spec.to_string())
+    };
+    let got = match algo.as_str() {
+        "sha256" => sha256.clone(),
+        "sha512" => digest_file::<sha2::Sha512>(path)?,
+        "md5" => {
+            let mut f = std::fs::File::open(path)
+                .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+            let mut h = md5::Md5::new();
+            std::io::copy(&mut f, &mut h)
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            hex(&h.finalize())
+        }
+        other => {
+            return Err(Error::failed(format!(
+                "iso_checksum type {other:?} is not supported; use sha256, sha512 or md5"
+            )))
+        }
+    };
+    if !got.eq_ignore_ascii_case(&want) {
+        return Err(Error::failed(format!("checksum mismatch for {}: iso_checksum says {algo}:{want} but the file is {algo}:{got} — the base image changed or the checksum is wrong", path.display())));
+    }
+    Ok(sha256)
+}
+
+fn algo_for_len(n: usize) -> String {
+    match n {
+        32 => "md5",
+        40 => "sha1",
+        128 => "sha512",
+        _ => "sha256",
+    }
+    .to_string()
+}
+
+fn qemu_img(args: &[&str]) -> Result<String> {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .map_err(|e| Error::io("cannot run qemu-img (install qemu-utils)", e))?;
+    if !out.status.success() {
+        return Err(Error::failed(format!(
+            "qemu-img {} failed: {}",
+            args.first().unwrap_or(&""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub struct ImageInfo {
+    pub format: String,
+    pub virtual_size: u64,
+}
+
+pub fn info(path: &Path) -> Result<ImageInfo> {
+    let p = path.to_string_lossy();
+    let text = qemu_img(&["info", "--output=json", "-U", &p]).map_err(|e| {
+        Error::failed(format!(
+            "{} is not a disk image qemu can read: {e}",
+            path.display()
+        ))
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::failed(format!("qemu-img info: {e}")))?;
+    Ok(ImageInfo {
+        format: v["format"].as_str().unwrap_or("raw").to_string(),
+        virtual_size: v["virtual-size"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Creates a qcow2 overlay on `base`, optionally growing it to `size` bytes.
+pub fn create_overlay(
+    base: &Path,
+    base_format: &str,
+    overlay: &Path,
+    size: Option<u64>,
+) -> Result<()> {
+    let b = base.to_string_lossy();
+    let o = overlay.to_string_lossy();
+    let size_s = size.map(|s| s.to_string());
+    let mut args = vec![
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        &b,
+        "-F",
+        base_format,
+        &o,
+    ];
+    if let Some(s) = &size_s {
+        args.push(s);
+    }
+    qemu_img(&args).map(|_| ())
+}
+
+pub fn convert(src: &Path, dst: &Path, format: &str, compress: bool) -> Result<()> {
+    let s = src.to_string_lossy();
+    let d = dst.to_string_lossy();
+    let mut args = vec!["convert", "-O", format];
+    if compress && format == "qcow2" {
+        args.push("-c");
+    }
+    args.push(&s);
+    args.push(&d);
+    qemu_img(&args).map(|_| ())
+}
+
+/// Parses Packer's disk_size: a number of MiB, or with a suffix (K, M, G, T; optional B/iB).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().map_err(|_| {
+        Error::failed(format!(
+            "invalid disk_size {s:?}: write it like \"10G\" or \"10240\" (MiB)"
+        ))
+    })?;
+    let mult: u64 = match t[split..]
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" | "M" => 1 << 20,
+        "K" => 1 << 10,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        other => {
+            return Err(Error::failed(format!(
+                "invalid disk_size unit {other:?} in {s:?}: use K, M, G or T"
+            )))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| Error::failed(format!("disk_size {s:?} is too large")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_size_parses_like_packer() {
+        assert_eq!(parse_size("10240").ok(), Some(10240 << 20));
+        assert_eq!(parse_size("10G").ok(), Some(10 << 30));
+        assert_eq!(parse_size("512MiB").ok(), Some(512 << 20));
+        assert!(parse_size("ten").is_err());
+    }
+
+    #[test]
+    fn checksum_mismatch_is_reported() {
+        let dir = std::env::temp_dir().join(format!("kiln-ck-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let f = dir.join("base.img");
+        std::fs::write(&f, b"kiln").ok();
+        let good = "sha256:a6f5a6c2f0bfcd9d9a3b6c9c1e5fc7d9a1dbbaa9b5d47c0b3c1bd2ad2b2f3c5e";
+        let real = sha256_file(&f).unwrap_or_default();
+        assert!(verify_checksum(&f, &format!("sha256:{real}")).is_ok());
+        assert!(verify_checksum(&f, good).is_err());
+        assert!(verify_checksum(&f, "none").is_ok());
+        std::fs::write(dir.join("SHA256SUMS"), format!("{real}  base.img\n")).ok();
+        assert!(verify_checksum(&f, &format!("file:{}", dir.join("SHA256SUMS").display())).is_ok());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,690 @@
+//! The qemu builder: boots the base disk under an overlay, serves http_directory, forwards SSH
+//! through QEMU user networking (QEMU picks the port, kiln reads it over QMP), connects, and at
+//! the end shuts the guest down cleanly and exports its disk to a staging directory that the
+//! engine moves into output_directory only when the whole build succeeded.
+//! Not for: what runs inside the guest (provisioners) or where images are kept (the engine).
+
+mod accel;
+mod argv;
+pub mod config;
+mod http;
+mod image;
+mod qmp;
+
+use config::{decode_all, QemuConfig, SshOpts};
+use kiln_core::cancel::HookGuard;
+use kiln_core::process::Guarded;
+use kiln_core::workdir::WorkDir;
+use kiln_core::{Artifact, Builder, Cancel, Communicator, Emitter, Error, Machine, Result};
+use kiln_ssh::{SshComm, SshConfig, Transfer};
+use kiln_template::{Component, Diagnostics};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use accel::run_probe;
+
+/// Everything resolved from the config, with Packer's defaults applied.
+#[derive(Debug)]
+struct Settings {
+    build: String,
+    base_url: String,
+    checksum: String,
+    use_backing_file: bool,
+    disk_size: Option<u64>,
+    format: String,
+    disk_interface: String,
+    disk_cache: String,
+    disk_discard: String,
+    compress: bool,
+    output_directory: PathBuf,
+    vm_name: String,
+    accelerator: String,
+    cpus: u64,
+    memory: u64,
+    machine_type: String,
+    cpu_model: Option<String>,
+    qemu_binary: String,
+    net_device: String,
+    display: Option<String>,
+    efi: Option<(String, String)>,
+    qemuargs: Vec<Vec<String>>,
+    extra_args: Vec<String>,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    kernel_args: Option<String>,
+    boot_wait: Option<Duration>,
+    has_boot_command: bool,
+    http_directory: Option<PathBuf>,
+    http_content: BTreeMap<String, String>,
+    http_bind: String,
+    http_ports: (u16, u16),
+    shutdown_command: Option<String>,
+    shutdown_timeout: Duration,
+    pause_before_connecting: Option<Duration>,
+    ssh: Option<SshConfig>,
+}
+
+pub struct QemuBuilder {
+    s: Arc<Settings>,
+}
+
+/// Decodes and checks a `qemu` source. Returns the builder and its warnings.
+pub fn from_component(
+    build: &str,
+    c: &Component,
+) -> std::result::Result<(QemuBuilder, Diagnostics), Diagnostics> {
+    let d = decode_all(c)?;
+    let s = settings(build, &d.qemu, &d.ssh).map_err(|m| {
+        Diagnostics(vec![kiln_template::Diagnostic::error(
+            m,
+            Some(c.span.clone()),
+        )])
+    })?;
+    Ok((QemuBuilder { s: Arc::new(s) }, d.warnings))
+}
+
+fn settings(build: &str, q: &QemuConfig, ssh: &SshOpts) -> std::result::Result<Settings, String> {
+    let t = |o: &Option<kiln_core::config::Text>| o.as_ref().map(|t| t.0.clone());
+    let flag = |o: Option<kiln_core::config::Flag>| o.is_some_and(|f| f.0);
+    let disk_image = flag(q.disk_image);
+    if !disk_image {
+        return Err("installing from an ISO (disk_image = false) is not supported yet: set disk_image = true and point iso_url at a bootable disk image".into());
+    }
+    let base_url = t(&q.iso_url)
+        .or_else(|| {
+            q.iso_urls
+                .as_ref()
+                .and_then(|u| u.first())
+                .map(|t| t.0.clone())
+        })
+        .unwrap_or_default();
+    let disk_size = match (&q.disk_size, flag(q.skip_resize_disk)) {
+        (Some(s), false) => Some(image::parse_size(s).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let communicator = t(&q.communicator).unwrap_or_else(|| "ssh".into());
+    let ssh_cfg = (communicator == "ssh").then(|| SshConfig {
+        host: t(&ssh.ssh_host).unwrap_or_else(|| "127.0.0.1".into()),
+        port: ssh.ssh_port.map_or(22, |p| p.0 as u16),
+        user: t(&ssh.ssh_username).unwrap_or_default(),
+        password: t(&ssh.ssh_password),
+        private_key_file: t(&ssh.ssh_private_key_file).map(PathBuf::from),
+        timeout: ssh
+            .ssh_timeout
+            .or(ssh.ssh_wait_timeout)
+            .map_or(Duration::from_secs(300), |d| d.0),
+        handshake_attempts: ssh.ssh_handshake_attempts.map_or(10, |n| n.0 as u32),
+        pty: flag(ssh.ssh_pty),
+        transfer: if ssh.ssh_file_transfer_method.as_deref() == Some("sftp") {
+            Transfer::Sftp
+        } else {
+            Transfer::Scp
+        },
+        keep_alive: ssh
+            .ssh_keep_alive_interval
+            .map_or(Duration::from_secs(5), |d| d.0),
+    });
+    let efi = if flag(q.efi_boot) {
+        Some((
+            t(&q.efi_firmware_code).unwrap_or_else(|| "/usr/share/OVMF/OVMF_CODE_4M.fd".into()),
+            t(&q.efi_firmware_vars).unwrap_or_else(|| "/usr/share/OVMF/OVMF_VARS_4M.fd".into()),
+        ))
+    } else {
+        None
+    };
+    let net = t(&q.net_device).unwrap_or_else(|| "virtio-net".into());
+    Ok(Settings {
+        build: build.to_string(),
+        base_url,
+        checksum: t(&q.iso_checksum).unwrap_or_else(|| "none".into()),
+        use_backing_file: flag(q.use_backing_file),
+        disk_size,
+        format: t(&q.format).unwrap_or_else(|| "qcow2".into()),
+        disk_interface: t(&q.disk_interface).unwrap_or_else(|| "virtio".into()),
+        disk_cache: t(&q.disk_cache).unwrap_or_else(|| "writeback".into()),
+        disk_discard: t(&q.disk_discard).unwrap_or_else(|| "ignore".into()),
+        compress: flag(q.disk_compression),
+        output_directory: PathBuf::from(
+            t(&q.output_directory).unwrap_or_else(|| format!("output-{build}")),
+        ),
+        vm_name: t(&q.vm_name).unwrap_or_else(|| format!("packer-{build}")),
+        accelerator: t(&q.accelerator).unwrap_or_else(|| "auto".into()),
+        cpus: q.cpus.map_or(1, |n| n.0.max(1)),
+        memory: q.memory.map_or(512, |n| n.0.max(16)),
+        machine_type: t(&q.machine_type).unwrap_or_else(|| "pc".into()),
+        cpu_model: t(&q.cpu_model),
+        qemu_binary: t(&q.qemu_binary).unwrap_or_else(|| "qemu-system-x86_64".into()),
+        net_device: format!("{net},netdev=user.0"),
+        display: t(&q.display).filter(|_| !flag(q.headless)),
+        efi,
+        qemuargs: q
+            .qemuargs
+            .as_ref()
+            .map(|v| {
+                v.iter()
+                    .map(|a| a.iter().map(|s| s.0.clone()).collect())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        extra_args: q
+            .qemu_extra_args
+            .as_ref()
+            .map(|v| v.iter().map(|s| s.0.clone()).collect())
+            .unwrap_or_default(),
+        kernel: t(&q.kernel),
+        initrd: t(&q.initrd),
+        kernel_args: t(&q.kernel_args),
+        boot_wait: q.boot_wait.map(|d| d.0),
+        has_boot_command: q.boot_command.as_ref().is_some_and(|b| !b.is_empty()),
+        http_directory: t(&q.http_directory).map(PathBuf::from),
+        http_content: q
+            .http_content
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+            .unwrap_or_default(),
+        // Packer listens on 0.0.0.0; kiln only on loopback, which is where QEMU's user network
+        // sends the guest's requests to 10.0.2.2.
+        http_bind: t(&q.http_bind_address).unwrap_or_else(|| "127.0.0.1".into()),
+        http_ports: (
+            q.http_port_min.map_or(8000, |n| n.0 as u16),
+            q.http_port_max.map_or(9000, |n| n.0 as u16),
+        ),
+        shutdown_command: t(&q.shutdown_command).filter(|s| !s.is_empty()),
+        shutdown_timeout: q.shutdown_timeout.map_or(Duration::from_secs(300), |d| d.0),
+        pause_before_connecting: q
+            .pause_before_connecting
+            .or(ssh.pause_before_ssh)
+            .map(|d| d.0),
+        ssh: ssh_cfg,
+    })
+}
+
+fn work_base() -> PathBuf {
+    if let Some(d) = std::env::var_os("KILN_WORK_DIR") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("kiln").join("work")
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether pid is running (a zombie that was not reaped yet counts as gone).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X"),
+        Err(_) => false,
+    }
+}
+
+impl QemuBuilder {
+    fn choose_accel(&self, em: &Emitter, scratch: &Path) -> Result<String> {
+        let s = &self.s;
+        match s.accelerator.as_str() {
+            "auto" => match accel::kvm_works(&s.qemu_binary, scratch) {
+                Ok(()) => {
+                    em.say("accelerator: kvm (auto: KVM runs guests here)");
+                    Ok("kvm".into())
+                }
+                Err(why) => {
+                    em.say(format!("accelerator: tcg (auto: {why}; software emulation is slower)"));
+                    Ok("tcg".into())
+                }
+            },
+            "kvm" => match accel::kvm_works(&s.qemu_binary, scratch) {
+                Ok(()) => Ok("kvm".into()),
+                Err(why) => Err(Error::failed(format!("accelerator = \"kvm\" but KVM cannot run guests here: {why} — use accelerator = \"tcg\" or \"auto\""))),
+            },
+            "none" => Ok("tcg".into()),
+            other => Ok(other.to_string()),
+        }
+    }
+}
+
+impl Builder for QemuBuilder {
+    fn kind(&self) -> &str {
+        "qemu"
+    }
+
+    fn preflight(&self, force: bool) -> Result<()> {
+        let s = &self.s;
+        if s.output_directory.exists() && !force {
+            return Err(Error::failed(format!(
+                "output directory {} already exists: remove it or rerun with -force",
+                s.output_directory.display()
+            )));
+        }
+        let base = image::resolve_url(&s.base_url)?;
+        if !base.is_file() {
+            return Err(Error::failed(format!(
+                "base image {} (iso_url) does not exist",
+                base.display()
+            )));
+        }
+        for (what, p) in [("kernel", &s.kernel), ("initrd", &s.initrd)] {
+            if let Some(p) = p {
+                if !Path::new(p).is_file() {
+                    return Err(Error::failed(format!("{what} {p} does not exist")));
+                }
+            }
+        }
+        if Command::new(&s.qemu_binary)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            return Err(Error::failed(format!(
+                "{} is not installed: apt-get install qemu-system-x86 qemu-utils",
+                s.qemu_binary
+            )));
+        }
+        Ok(())
+    }
+
+    fn launch(&self, em: &Emitter, cancel: &Cancel) -> Result<Box<dyn Machine>> {
+        let s = &self.s;
+        let work = WorkDir::create(&work_base(), &format!("build-{}", sanitize(&s.build)))?;
+        let wd = work.path().to_path_buf();
+        let base = image::resolve_url(&s.base_url)?;
+        let base = std::fs::canonicalize(&base)
+            .map_err(|e| Error::io(format!("base image {}", base.display()), e))?;
+        em.say(format!("verifying base image {}", base.display()));
+        if s.checksum.eq_ignore_ascii_case("none") {
+            em.warn("iso_checksum = \"none\": the base image is not verified");
+        }
+        let base_sha256 = image::verify_checksum(&base, &s.checksum)?;
+        cancel.check()?;
+        let info = image::info(&base)?;
+        let overlay = wd.join("disk.qcow2");
+        let size = s.disk_size.filter(|sz| *sz > info.virtual_size);
+        if let Some(sz) = s.disk_size {
+            if sz < info.virtual_size {
+                em.warn(format!("disk_size ({sz} bytes) is smaller than the base image ({} bytes); keeping the base size", info.virtual_size));
+            }
+        }
+        image::create_overlay(&base, &info.format, &overlay, size)?;
+
+        let http = if s.http_directory.is_some() || !s.http_content.is_empty() {
+            let h = http::HttpServer::start(
+                &s.http_bind,
+                s.http_ports.0,
+                s.http_ports.1,
+                s.http_directory.clone(),
+                s.http_content.clone(),
+                em.clone(),
+            )?;
+            em.say(format!(
+                "serving HTTP for the guest on {}:{} (guest: http://10.0.2.2:{})",
+                s.http_bind, h.port, h.port
+            ));
+            Some(h)
+        } else {
+            None
+        };
+        let accel = self.choose_accel(em, &wd)?;
+        cancel.check()?;
+
+        let mut vars = BTreeMap::new();
+        vars.insert("Name".to_string(), s.vm_name.clone());
+        vars.insert(
+            "OutputDir".to_string(),
+            s.output_directory.display().to_string(),
+        );
+        vars.insert("HTTPIP".to_string(), "10.0.2.2".to_string());
+        if let Some(h) = &http {
+            vars.insert("HTTPPort".to_string(), h.port.to_string());
+            vars.insert("HTTPAddr".to_string(), format!("10.0.2.2:{}", h.port));
+        }
+        let guest_port = s.ssh.as_ref().map_or(22, |c| c.port);
+        let console = wd.join("console.log");
+        let qmp_sock = wd.join("qmp.sock");
+        let drive = format!(
+            "file={},if={},cache={},discard={},format=qcow2",
+            overlay.display(),
+            s.disk_interface,
+            s.disk_cache,
+            s.disk_discard
+        );
+        let args = argv::build(&argv::ArgvInput {
+            vm_name: &s.vm_name,
+            machine_type: &s.machine_type,
+            accel: &accel,
+            cpu_model: s.cpu_model.as_deref(),
+            cpus: s.cpus,
+            memory: s.memory,
+            drive,
+            netdev: format!("user,id=user.0,hostfwd=tcp:127.0.0.1:0-:{guest_port}"),
+            net_device: s.net_device.clone(),
+            kernel: s.kernel.as_deref(),
+            initrd: s.initrd.as_deref(),
+            kernel_args: s.kernel_args.as_deref(),
+            display: s.display.as_deref(),
+            efi: s.efi.clone(),
+            qmp_socket: qmp_sock.display().to_string(),
+            serial_log: console.display().to_string(),
+            qemuargs: &s.qemuargs,
+            extra: &s.extra_args,
+            vars: &vars,
+        });
+        em.debug(format!(
+            "qemu command: {} {}",
+            s.qemu_binary,
+            args.join(" ")
+        ));
+        let stderr_path = wd.join("qemu.stderr");
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| Error::io("cannot create qemu's log", e))?;
+        let mut cmd = Command::new(&s.qemu_binary);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let started = Instant::now();
+        let mut qemu = Guarded::spawn(cmd, &s.qemu_binary)?;
+        let pid = qemu.id();
+        let hook = cancel.on_cancel(move || {
+            // SAFETY: plain kill(2); the guard reaps the process later.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        });
+        em.say(format!("started qemu (pid {pid}, accelerator {accel})"));
+        let died = |q: &mut Guarded| -> Error {
+            let st = q
+                .try_wait()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "still running".into());
+            Error::failed(format!("qemu exited ({st}): {}", tail(&stderr_path, 10)))
+        };
+        let mut qmp =
+            match qmp::Qmp::connect(&qmp_sock, Duration::from_secs(15), &mut || running(pid)) {
+                Ok(q) => q,
+                Err(e) => {
+                    cancel.check()?;
+                    let d = died(&mut qemu);
+                    return Err(Error::failed(format!("{e}; {d}")));
+                }
+            };
+        let mut comm = None;
+        if let Some(cfg) = &s.ssh {
+            let usernet = qmp.hmp("info usernet")?;
+            let port = qmp::parse_usernet_port(&usernet, guest_port).ok_or_else(|| {
+                Error::failed(format!("no host port forwards to guest port {guest_port}: if qemuargs replaces -netdev, include hostfwd=tcp:127.0.0.1:{{{{ .SSHHostPort }}}}-:{guest_port}"))
+            })?;
+            vars.insert("SSHHostPort".to_string(), port.to_string());
+            vars.insert("SSHHost".to_string(), cfg.host.clone());
+            if s.has_boot_command {
+                if let Some(w) = s.boot_wait {
+                    cancel.sleep(w)?;
+                }
+            }
+            em.say(format!(
+                "waiting for SSH on {}:{port} (guest port {guest_port}, timeout {:?})",
+                cfg.host, cfg.timeout
+            ));
+            let mut c = cfg.clone();
+            c.port = port;
+            let console2 = console.clone();
+            let stderr2 = stderr_path.clone();
+            let alive: kiln_ssh::Liveness = Box::new(move || {
+                (!running(pid)).then(|| format!("qemu exited: {}", tail(&stderr2, 5)))
+            });
+            match SshComm::connect(c, em.clone(), cancel.clone(), alive) {
+                Ok(sc) => {
+                    em.say(format!(
+                        "connected to the guest over SSH after {:.1}s",
+                        started.elapsed().as_secs_f64()
+                    ));
+                    comm = Some(sc);
+                }
+                Err(Error::Cancelled) => return Err(Error::Cancelled),
+                Err(e) => {
+                    let _ = console2;
+                    return Err(Error::failed(format!(
+                        "{e}\nlast lines of the guest console ({}):\n{}",
+                        console.display(),
+                        indent(&tail(&console, 20))
+                    )));
+                }
+            }
+            if let Some(p) = s.pause_before_connecting {
+                cancel.sleep(p)?;
+            }
+        }
+        Ok(Box::new(QemuMachine {
+            comm,
+            qmp: Some(qmp),
+            _hook: hook,
+            qemu: Some(qemu),
+            _http: http,
+            vars,
+            s: self.s.clone(),
+            overlay,
+            console,
+            accel,
+            base_sha256,
+            work,
+        }))
+    }
+}
+
+fn indent(s: &str) -> String {
+    if s.is_empty() {
+        return "  (the console is empty: the kernel printed nothing)".into();
+    }
+    s.lines()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A running guest. Fields drop in order: SSH first, then qemu (killed if still running), the HTTP
+/// server, and the work directory last.
+struct QemuMachine {
+    comm: Option<SshComm>,
+    qmp: Option<qmp::Qmp>,
+    _hook: HookGuard,
+    qemu: Option<Guarded>,
+    _http: Option<http::HttpServer>,
+    vars: BTreeMap<String, String>,
+    s: Arc<Settings>,
+    overlay: PathBuf,
+    console: PathBuf,
+    accel: String,
+    base_sha256: String,
+    work: WorkDir,
+}
+
+impl QemuMachine {
+    fn wait_exit(&mut self, timeout: Duration, cancel: &Cancel) -> Result<bool> {
+        let end = Instant::now() + timeout;
+        let Some(q) = self.qemu.as_mut() else {
+            return Ok(true);
+        };
+        loop {
+            if q.try_wait().is_some() {
+                return Ok(true);
+            }
+            cancel.check()?;
+            if Instant::now() >= end {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Machine for QemuMachine {
+    fn communicator(&mut self) -> Option<&mut dyn Communicator> {
+        self.comm.as_mut().map(|c| c as &mut dyn Communicator)
+    }
+
+    fn vars(&self) -> &BTreeMap<String, String> {
+        &self.vars
+    }
+
+    fn access(&self) -> String {
+        match &self.s.ssh {
+            Some(c) => format!(
+                "reach it with: ssh -p {} {}{}@{} (qemu pid {}, console log {}, work dir {})",
+                self.vars.get("SSHHostPort").map_or("?", String::as_str),
+                c.private_key_file
+                    .as_ref()
+                    .map(|k| format!("-i {} ", k.display()))
+                    .unwrap_or_default(),
+                c.user,
+                c.host,
+                self.qemu.as_ref().map_or(0, Guarded::id),
+                self.console.display(),
+                self.work.path().display()
+            ),
+            None => format!(
+                "qemu pid {}, console log {}",
+                self.qemu.as_ref().map_or(0, Guarded::id),
+                self.console.display()
+            ),
+        }
+    }
+
+    fn shutdown(mut self: Box<Self>, em: &Emitter, cancel: &Cancel) -> Result<Artifact> {
+        let t0 = Instant::now();
+        let cmd = self.s.shutdown_command.clone();
+        match (&cmd, self.comm.as_mut()) {
+            (Some(cmd), Some(comm)) => {
+                em.say(format!("shutting down the guest: {cmd}"));
+                comm.set_timeout(Some(Duration::from_secs(30)));
+                let r = comm.exec(cmd, &mut |l| em.output(l));
+                match r {
+                    Ok(_) | Err(Error::Disconnected(_)) => {}
+                    Err(Error::Cancelled) => return Err(Error::Cancelled),
+                    Err(e) => em.warn(format!("shutdown_command: {e}")),
+                }
+            }
+            (None, Some(_)) => {
+                em.say("no shutdown_command: sending an ACPI power-down request");
+                if let Some(q) = self.qmp.as_mut() {
+                    q.execute("system_powerdown", None)?;
+                }
+            }
+            (_, None) => em.say("communicator none: waiting for the guest to power itself off"),
+        }
+        self.comm = None;
+        if !self.wait_exit(self.s.shutdown_timeout, cancel)? {
+            if let Some(q) = self.qemu.as_mut() {
+                q.kill();
+            }
+            return Err(Error::failed(format!(
+                "the guest did not power off within shutdown_timeout ({:?}); it was stopped forcibly, and a disk from a forced stop is not trusted, so no image was written",
+                self.s.shutdown_timeout
+            )));
+        }
+        self.qmp = None;
+        em.debug(format!(
+            "guest powered off in {:.1}s",
+            t0.elapsed().as_secs_f64()
+        ));
+        em.phase("export");
+        let out = &self.s.output_directory;
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+        kiln_core::workdir::sweep_stale(parent);
+        let staging = parent.join(format!(
+            ".{}.kiln-staging-{}",
+            out.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir(&staging)
+            .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
+        let guard = StagingGuard(Some(staging.clone()));
+        let target = staging.join(&self.s.vm_name);
+        let t1 = Instant::now();
+        if self.s.use_backing_file {
+            std::fs::copy(&self.overlay, &target)
+                .map_err(|e| Error::io("cannot copy the overlay", e))?;
+        } else {
+            image::convert(&self.overlay, &target, &self.s.format, self.s.compress)?;
+        }
+        let sha = image::sha256_file(&target)?;
+        let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
+        em.say(format!(
+            "exported {} ({} bytes, {}) in {:.2}s",
+            self.s.vm_name,
+            size,
+            self.s.format,
+            t1.elapsed().as_secs_f64()
+        ));
+        let mut data = BTreeMap::new();
+        data.insert("format".into(), self.s.format.clone());
+        data.insert("accelerator".into(), self.accel.clone());
+        data.insert("base_sha256".into(), self.base_sha256.clone());
+        data.insert("disk_sha256".into(), sha.clone());
+        data.insert("disk_size".into(), size.to_string());
+        data.insert("vm_name".into(), self.s.vm_name.clone());
+        let staging = guard.release();
+        Ok(Artifact {
+            builder_type: "qemu".into(),
+            files: vec![target],
+            id: format!("sha256:{sha}"),
+            staging: Some((staging, out.clone())),
+            data,
+        })
+    }
+}
+
+/// Removes a staging directory unless released.
+struct StagingGuard(Option<PathBuf>);
+
+impl StagingGuard {
+    fn release(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}

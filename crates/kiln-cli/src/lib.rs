@@ -1,0 +1,420 @@
+//! The `kiln` command line: parses arguments (Packer's single-dash flags work too), runs a
+//! command, prints, and maps results to exit codes: 0 success, 1 failure or invalid template,
+//! 2 wrong usage, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+
+mod prepare;
+mod signals;
+mod ui;
+
+use clap::{Args, Parser, Subcommand};
+use kiln_core::engine::{self, OnError, RunOptions};
+use kiln_core::{Cancel, Sink};
+use kiln_template::{Diagnostics, LoadOptions, Plan};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const AFTER_HELP: &str = "Examples:
+  kiln build templates/quickstart.pkr.hcl
+  kiln build -var memory=1024 -only 'qemu.*' templates/
+  kiln validate -var-file prod.pkrvars.hcl templates/
+  kiln inspect templates/quickstart.json
+
+Packer's single-dash flags (-var, -only, -force, ...) work as written for Packer.";
+
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about = "Builds immutable VM images from Packer templates", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct TemplateArgs {
+    /// Set a variable: -var name=value (repeatable)
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// Load variables from a file (.pkrvars.hcl or .json; repeatable)
+    #[arg(long = "var-file", value_name = "FILE")]
+    var_files: Vec<PathBuf>,
+    /// Only these builds (globs on TYPE.NAME, comma-separated or repeated)
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// All builds except these (globs on TYPE.NAME)
+    #[arg(long, value_delimiter = ',')]
+    except: Vec<String>,
+    /// A .pkr.hcl file, a legacy .json template, or a directory of .pkr.hcl files
+    #[arg(value_name = "TEMPLATE")]
+    template: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Build images from a template
+    #[command(
+        after_help = "Examples:\n  kiln build templates/quickstart.pkr.hcl\n  kiln build -force -on-error=abort -var memory=1024 templates/\n  kiln build -parallel-builds=1 -only 'qemu.*' templates/"
+    )]
+    Build {
+        #[command(flatten)]
+        t: TemplateArgs,
+        /// Replace existing output directories
+        #[arg(long)]
+        force: bool,
+        /// What to do when a build fails: cleanup, abort, ask, run-cleanup-provisioner
+        #[arg(long = "on-error", default_value = "cleanup", value_parser = ["cleanup", "abort", "ask", "run-cleanup-provisioner"])]
+        on_error: String,
+        /// How many builds run at once (0 = all)
+        #[arg(long = "parallel-builds", default_value_t = 0)]
+        parallel_builds: usize,
+        /// Show debug messages (the qemu command line, SSH details)
+        #[arg(long)]
+        debug: bool,
+        /// Prefix every line with an RFC 3339 time
+        #[arg(long = "timestamp-ui")]
+        timestamp_ui: bool,
+    },
+    /// Check a template and report every problem with its file:line:column
+    #[command(
+        after_help = "Examples:\n  kiln validate templates/quickstart.pkr.hcl\n  kiln validate -syntax-only templates/\n  kiln validate -var-file prod.pkrvars.hcl -only 'qemu.*' templates/"
+    )]
+    Validate {
+        #[command(flatten)]
+        t: TemplateArgs,
+        /// Only check syntax; evaluate nothing
+        #[arg(long = "syntax-only")]
+        syntax_only: bool,
+    },
+    /// Show a template's variables, sources and builds
+    #[command(
+        after_help = "Examples:\n  kiln inspect templates/quickstart.pkr.hcl\n  kiln inspect -var memory=1024 templates/quickstart.json"
+    )]
+    Inspect {
+        #[command(flatten)]
+        t: TemplateArgs,
+    },
+    /// Print kiln's version
+    Version,
+}
+
+/// Turns Packer's `-flag` into `--flag` so clap parses it; leaves `-h`, `-V` and values alone.
+fn normalize_args(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut past_double_dash = false;
+    for (i, a) in args.into_iter().enumerate() {
+        if i == 0 || past_double_dash {
+            out.push(a);
+            continue;
+        }
+        if a == "--" {
+            past_double_dash = true;
+            out.push(a);
+            continue;
+        }
+        let bytes = a.as_bytes();
+        if bytes.len() > 2 && bytes[0] == b'-' && bytes[1] != b'-' && bytes[1].is_ascii_alphabetic()
+        {
+            out.push(format!("-{a}"));
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn load_options(t: &TemplateArgs, syntax_only: bool) -> Result<LoadOptions, String> {
+    let mut vars = Vec::new();
+    for v in &t.vars {
+        match v.split_once('=') {
+            Some((k, val)) if !k.is_empty() => vars.push((k.to_string(), val.to_string())),
+            _ => return Err(format!("-var {v:?}: expected NAME=VALUE")),
+        }
+    }
+    Ok(LoadOptions {
+        vars,
+        var_files: t.var_files.clone(),
+        env: std::env::vars().collect(),
+        only: t.only.clone(),
+        except: t.except.clone(),
+        syntax_only,
+    })
+}
+
+fn print_diags(d: &Diagnostics) {
+    let secrets: Vec<String> = Vec::new();
+    for x in &d.0 {
+        eprintln!("{}", kiln_template::redact(&secrets, &x.to_string()));
+    }
+}
+
+pub fn main() -> ExitCode {
+    let args = normalize_args(std::env::args().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.cmd {
+        Cmd::Version => {
+            println!(
+                "kiln {} (reads Packer {} templates)",
+                env!("CARGO_PKG_VERSION"),
+                kiln_template::PACKER_COMPAT_VERSION
+            );
+            ExitCode::SUCCESS
+        }
+        Cmd::Validate { t, syntax_only } => validate(&t, syntax_only),
+        Cmd::Inspect { t } => inspect(&t),
+        Cmd::Build {
+            t,
+            force,
+            on_error,
+            parallel_builds,
+            debug,
+            timestamp_ui,
+        } => build(&t, force, &on_error, parallel_builds, debug, timestamp_ui),
+    }
+}
+
+fn validate(t: &TemplateArgs, syntax_only: bool) -> ExitCode {
+    let opts = match load_options(t, syntax_only) {
+        Ok(o) => o,
+        Err(m) => {
+            eprintln!("error: {m}");
+            return ExitCode::from(2);
+        }
+    };
+    match prepare::prepare(&t.template, &opts, "validate") {
+        Ok(p) => {
+            print_diags(&p.diags);
+            if syntax_only {
+                println!("the template's syntax is valid: {}", t.template.display());
+            } else {
+                println!(
+                    "the template is valid: {} ({} build{})",
+                    t.template.display(),
+                    p.jobs.len(),
+                    if p.jobs.len() == 1 { "" } else { "s" }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(d) => {
+            print_diags(&d);
+            let n = d.errors().count();
+            eprintln!(
+                "the template is invalid: {n} error{}",
+                if n == 1 { "" } else { "s" }
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn inspect(t: &TemplateArgs) -> ExitCode {
+    let opts = match load_options(t, false) {
+        Ok(o) => o,
+        Err(m) => {
+            eprintln!("error: {m}");
+            return ExitCode::from(2);
+        }
+    };
+    let (plan, diags) = kiln_template::load(&t.template, &opts);
+    print_diags(&diags);
+    let Some(plan) = plan else {
+        return ExitCode::from(1);
+    };
+    print!("{}", render_inspect(&plan));
+    ExitCode::SUCCESS
+}
+
+fn render_inspect(plan: &Plan) -> String {
+    let mut s = format!(
+        "kiln inspect: {} template\n\n> input-variables:\n\n",
+        if plan.format == "hcl2" {
+            "HCL2"
+        } else {
+            "legacy JSON"
+        }
+    );
+    if plan.variables.is_empty() {
+        s.push_str("  (none)\n");
+    }
+    for v in &plan.variables {
+        let shown = if v.sensitive {
+            "<sensitive>".to_string()
+        } else {
+            plan.redact(&v.value.to_string())
+        };
+        let ty = v
+            .type_expr
+            .as_deref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "var.{}: {shown}{ty} [from {}]\n",
+            v.name, v.origin
+        ));
+    }
+    s.push_str("\n> builds:\n");
+    for b in &plan.builds {
+        s.push_str(&format!(
+            "\n  > {}:\n\n    source: {} ({})\n",
+            b.full_name, b.full_name, b.builder.kind
+        ));
+        if !b.provisioners.is_empty() {
+            s.push_str("\n    provisioners:\n\n");
+            for p in &b.provisioners {
+                s.push_str(&format!(
+                    "      {}{}\n",
+                    p.component.kind,
+                    p.component
+                        .name
+                        .as_ref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        if let Some(p) = &b.error_cleanup {
+            s.push_str(&format!(
+                "\n    error-cleanup-provisioner:\n\n      {}\n",
+                p.component.kind
+            ));
+        }
+        if !b.post_processors.is_empty() {
+            s.push_str("\n    post-processors:\n\n");
+            for (i, chain) in b.post_processors.iter().enumerate() {
+                s.push_str(&format!("      {i}:\n"));
+                for p in chain {
+                    s.push_str(&format!("        {}\n", p.component.kind));
+                }
+            }
+        }
+    }
+    s.push('\n');
+    s
+}
+
+fn build(
+    t: &TemplateArgs,
+    force: bool,
+    on_error: &str,
+    parallel: usize,
+    debug: bool,
+    timestamps: bool,
+) -> ExitCode {
+    let opts = match load_options(t, false) {
+        Ok(o) => o,
+        Err(m) => {
+            eprintln!("error: {m}");
+            return ExitCode::from(2);
+        }
+    };
+    let run_uuid = kiln_template::funcs::uuidv4();
+    let prepared = match prepare::prepare(&t.template, &opts, &run_uuid) {
+        Ok(p) => p,
+        Err(d) => {
+            print_diags(&d);
+            eprintln!("the template is invalid: nothing was built");
+            return ExitCode::from(1);
+        }
+    };
+    print_diags(&prepared.diags);
+    let cancel = Cancel::new();
+    signals::install(cancel.clone());
+    let debug = debug
+        || std::env::var("KILN_LOG").is_ok_and(|v| v == "debug")
+        || std::env::var("PACKER_LOG").is_ok_and(|v| !v.is_empty() && v != "0");
+    let ui = ui::Ui::new(debug, timestamps);
+    let ui2 = ui.clone();
+    let sink: Sink = Arc::new(move |e| ui2.handle(&e));
+    let interactive = std::io::stdin().is_terminal();
+    let on_error = match on_error {
+        "abort" => OnError::Abort,
+        "ask" => OnError::Ask,
+        "run-cleanup-provisioner" => OnError::RunCleanupProvisioner,
+        _ => OnError::Cleanup,
+    };
+    let ask: engine::AskFn = Arc::new(|q: &str| {
+        eprint!("{q}\n[c] clean up, [a] abort and keep the guest: ");
+        let mut s = String::new();
+        let _ = std::io::stdin().read_line(&mut s);
+        s.trim().chars().next().unwrap_or('c')
+    });
+    let run_opts = RunOptions {
+        parallel,
+        on_error,
+        force,
+        interactive,
+        ask: Some(ask),
+    };
+    let outcomes = engine::run(prepared.jobs, &run_opts, sink, &cancel);
+    println!();
+    println!("==> builds finished:");
+    for o in &outcomes {
+        let status = if o.ok {
+            "built"
+        } else if o.cancelled {
+            "interrupted"
+        } else {
+            "FAILED"
+        };
+        let id = o
+            .artifact
+            .as_ref()
+            .map(|a| a.id.clone())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "    {:<24} {:<12} {:<8.1}s {}",
+            o.name, status, o.seconds, id
+        );
+    }
+    if let Some(sig) = signals::received() {
+        return ExitCode::from(128 + sig as u8);
+    }
+    if outcomes.iter().all(|o| o.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packer_style_single_dash_flags_are_accepted() {
+        let a = normalize_args(
+            [
+                "kiln",
+                "build",
+                "-var",
+                "a=1",
+                "-only=qemu.*",
+                "-force",
+                "-h",
+                "t.pkr.hcl",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        assert_eq!(
+            a,
+            [
+                "kiln",
+                "build",
+                "--var",
+                "a=1",
+                "--only=qemu.*",
+                "--force",
+                "-h",
+                "t.pkr.hcl"
+            ]
+        );
+    }
+}

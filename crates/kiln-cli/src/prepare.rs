@@ -1,0 +1,144 @@
+//! From template to jobs: load the template, then decode every component into its typed config.
+//! `validate` stops here; `build` runs the jobs.
+
+use kiln_core::config::parse_duration;
+use kiln_core::engine::{Job, StepSpec};
+use kiln_template::{BuildPlan, Diagnostic, Diagnostics, LoadOptions, Plan, Step};
+use std::path::Path;
+use std::sync::Arc;
+
+pub const BUILDERS: &[&str] = &["qemu"];
+
+pub struct Prepared {
+    pub jobs: Vec<Job>,
+    pub diags: Diagnostics,
+}
+
+fn step_spec<T: ?Sized>(s: &Step, step: Box<T>, d: &mut Diagnostics) -> StepSpec<T> {
+    let mut dur = |v: &Option<String>, key: &str| -> Option<std::time::Duration> {
+        let text = v.as_ref()?;
+        parse_duration(text)
+            .map_err(|m| {
+                d.push(Diagnostic::error(
+                    format!("{key}: {m}"),
+                    Some(s.component.span.clone()),
+                ))
+            })
+            .ok()
+    };
+    let pause_before = dur(&s.common.pause_before, "pause_before");
+    let timeout = dur(&s.common.timeout, "timeout");
+    let label = match &s.component.name {
+        Some(n) => format!("{} ({n})", s.component.kind),
+        None => s.component.kind.clone(),
+    };
+    StepSpec {
+        label,
+        pause_before,
+        max_retries: s.common.max_retries,
+        timeout,
+        step,
+    }
+}
+
+fn job(b: &BuildPlan, plan: &Plan, run_uuid: &str, d: &mut Diagnostics) -> Option<Job> {
+    let builder: Box<dyn kiln_core::Builder> = match b.builder.kind.as_str() {
+        "qemu" => match kiln_builder_qemu::from_component(b.source_name(), &b.builder) {
+            Ok((q, w)) => {
+                d.extend(w);
+                Box::new(q)
+            }
+            Err(e) => {
+                d.extend(e);
+                return None;
+            }
+        },
+        other => {
+            d.push(
+                Diagnostic::error(
+                    format!(
+                        "builder type {other:?} ({}) is not built into kiln (kiln has: {})",
+                        b.full_name,
+                        BUILDERS.join(", ")
+                    ),
+                    Some(b.builder.span.clone()),
+                )
+                .with_hint(
+                    "build only the sources kiln supports, e.g. -only='qemu.*' or -except='"
+                        .to_string()
+                        + &b.full_name
+                        + "'",
+                ),
+            );
+            return None;
+        }
+    };
+    let mut provisioners = Vec::new();
+    for p in &b.provisioners {
+        match kiln_provisioners::provisioner(&p.component) {
+            Ok(x) => provisioners.push(step_spec(p, x, d)),
+            Err(e) => d.extend(e),
+        }
+    }
+    let error_cleanup =
+        b.error_cleanup
+            .as_ref()
+            .and_then(|p| match kiln_provisioners::provisioner(&p.component) {
+                Ok(x) => Some(step_spec(p, x, d)),
+                Err(e) => {
+                    d.extend(e);
+                    None
+                }
+            });
+    let mut post = Vec::new();
+    for chain in &b.post_processors {
+        let mut c = Vec::new();
+        for p in chain {
+            match kiln_provisioners::post_processor(&p.component, run_uuid) {
+                Ok(x) => c.push(step_spec(p, x, d)),
+                Err(e) => d.extend(e),
+            }
+        }
+        post.push(c);
+    }
+    Some(Job {
+        name: b.source_name().to_string(),
+        builder,
+        provisioners,
+        error_cleanup,
+        post,
+        secrets: Arc::new(plan.sensitive_values.clone()),
+        template_dir: plan.root.clone(),
+    })
+}
+
+/// Loads and checks everything. `Err` carries every diagnostic when anything is wrong.
+pub fn prepare(path: &Path, opts: &LoadOptions, run_uuid: &str) -> Result<Prepared, Diagnostics> {
+    let (plan, mut diags) = kiln_template::load(path, opts);
+    let Some(plan) = plan else { return Err(diags) };
+    if opts.syntax_only {
+        return Ok(Prepared {
+            jobs: Vec::new(),
+            diags,
+        });
+    }
+    if plan.builds.is_empty() {
+        let msg = if opts.only.is_empty() && opts.except.is_empty() {
+            "the template defines no builds"
+        } else {
+            "-only/-except left no builds to run"
+        };
+        diags.push(Diagnostic::error(msg, None));
+        return Err(diags);
+    }
+    let run_uuid = run_uuid.to_string();
+    let jobs: Vec<Job> = plan
+        .builds
+        .iter()
+        .filter_map(|b| job(b, &plan, &run_uuid, &mut diags))
+        .collect();
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    Ok(Prepared { jobs, diags })
+}

@@ -1,0 +1,49 @@
+//! The error type of the runtime crates.
+
+use kiln_template::Diagnostics;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Ctrl-C, SIGTERM or another build's abort.
+    #[error("interrupted")]
+    Cancelled,
+    /// Bad configuration found while preparing (rendered with positions).
+    #[error("{0}")]
+    Config(Diagnostics),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The SSH connection dropped (what `expect_disconnect` tolerates).
+    #[error("connection to the guest was lost: {0}")]
+    Disconnected(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+    pub fn failed(msg: impl Into<String>) -> Self {
+        Error::Failed(msg.into())
+    }
+}
+
+/// Adds "what kiln was doing" to io errors.
+pub trait IoContext<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(what(), e))
+    }
+}

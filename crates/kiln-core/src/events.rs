@@ -1,0 +1,166 @@
+//! Events: the engine and plugins never print; they emit events, and the CLI decides how to show
+//! them (plain lines, a terminal display, JSON). Every string passes through redaction of
+//! sensitive values before it leaves the emitter.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    BuildStarted,
+    /// A phase of the build: launch, provision, shutdown, export, post-process.
+    Phase(String),
+    /// Step `index` (1-based) of `total`: a provisioner or post-processor.
+    Step {
+        index: usize,
+        total: usize,
+        kind: String,
+    },
+    /// A message for the user.
+    Message {
+        level: Level,
+        text: String,
+    },
+    /// A line a provisioner's command printed.
+    Output(String),
+    /// Why kiln is still waiting (for SSH): shown only when it changes.
+    Waiting(String),
+    Artifact {
+        files: Vec<String>,
+        id: String,
+    },
+    BuildFinished {
+        ok: bool,
+        cancelled: bool,
+        error: Option<String>,
+        seconds: f64,
+        artifact: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub build: String,
+    pub time: SystemTime,
+    pub kind: EventKind,
+}
+
+pub type Sink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// Emits events for one build, masking sensitive values.
+#[derive(Clone)]
+pub struct Emitter {
+    build: String,
+    sink: Sink,
+    secrets: Arc<Vec<String>>,
+}
+
+impl Emitter {
+    pub fn new(build: impl Into<String>, sink: Sink, secrets: Arc<Vec<String>>) -> Self {
+        Emitter {
+            build: build.into(),
+            sink,
+            secrets,
+        }
+    }
+
+    pub fn build(&self) -> &str {
+        &self.build
+    }
+
+    pub fn redact(&self, s: &str) -> String {
+        kiln_template::redact(&self.secrets, s)
+    }
+
+    pub fn emit(&self, kind: EventKind) {
+        let kind = match kind {
+            EventKind::Message { level, text } => EventKind::Message {
+                level,
+                text: self.redact(&text),
+            },
+            EventKind::Output(l) => EventKind::Output(self.redact(&l)),
+            EventKind::Waiting(l) => EventKind::Waiting(self.redact(&l)),
+            EventKind::BuildFinished {
+                ok,
+                cancelled,
+                error,
+                seconds,
+                artifact,
+            } => EventKind::BuildFinished {
+                ok,
+                cancelled,
+                error: error.map(|e| self.redact(&e)),
+                seconds,
+                artifact,
+            },
+            other => other,
+        };
+        (self.sink)(Event {
+            build: self.build.clone(),
+            time: SystemTime::now(),
+            kind,
+        });
+    }
+
+    pub fn say(&self, text: impl Into<String>) {
+        self.emit(EventKind::Message {
+            level: Level::Info,
+            text: text.into(),
+        });
+    }
+    pub fn debug(&self, text: impl Into<String>) {
+        self.emit(EventKind::Message {
+            level: Level::Debug,
+            text: text.into(),
+        });
+    }
+    pub fn warn(&self, text: impl Into<String>) {
+        self.emit(EventKind::Message {
+            level: Level::Warn,
+            text: text.into(),
+        });
+    }
+    pub fn error(&self, text: impl Into<String>) {
+        self.emit(EventKind::Message {
+            level: Level::Error,
+            text: text.into(),
+        });
+    }
+    pub fn phase(&self, p: &str) {
+        self.emit(EventKind::Phase(p.to_string()));
+    }
+    pub fn output(&self, line: &str) {
+        self.emit(EventKind::Output(line.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn sensitive_values_never_leave_the_emitter() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let sink: Sink = Arc::new(move |e: Event| {
+            if let Ok(mut v) = s.lock() {
+                v.push(format!("{:?}", e.kind));
+            }
+        });
+        let em = Emitter::new("b", sink, Arc::new(vec!["hunter2".to_string()]));
+        em.say("password is hunter2");
+        em.output("echo hunter2");
+        let got = seen.lock().map(|v| v.join("\n")).unwrap_or_default();
+        assert!(!got.contains("hunter2"), "{got}");
+        assert!(got.contains("<sensitive>"), "{got}");
+    }
+}

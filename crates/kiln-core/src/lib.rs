@@ -1,0 +1,119 @@
+//! The build engine: the seams between builders, communicators, provisioners and
+//! post-processors, and the engine that runs a Plan's builds through them. Not for: printing
+//! (the engine emits events) or template syntax (kiln-template's Plan is its input).
+
+pub mod cancel;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod placeholders;
+pub mod process;
+pub mod workdir;
+
+pub use cancel::Cancel;
+pub use error::{Error, IoContext, Result};
+pub use events::{Emitter, Event, EventKind, Level, Sink};
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// What to upload; it can be opened more than once, so a transfer can fall back to another method.
+pub enum Source<'a> {
+    File(&'a Path),
+    Bytes(&'a [u8]),
+}
+
+impl Source<'_> {
+    /// Opens the content and returns it with its size.
+    pub fn open(&self) -> Result<(Box<dyn Read + '_>, u64)> {
+        match self {
+            Source::File(p) => {
+                let f = std::fs::File::open(p)
+                    .map_err(|e| Error::io(format!("cannot open {}", p.display()), e))?;
+                let len = f
+                    .metadata()
+                    .map_err(|e| Error::io(format!("cannot stat {}", p.display()), e))?
+                    .len();
+                Ok((Box::new(f), len))
+            }
+            Source::Bytes(b) => Ok((Box::new(*b), b.len() as u64)),
+        }
+    }
+}
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A connection to a running guest.
+pub trait Communicator: Send {
+    /// Runs `cmd` in the guest, calling `out` with each line it prints (stdout and stderr merged);
+    /// returns its exit status. `Error::Disconnected` when the connection drops.
+    fn exec(&mut self, cmd: &str, out: &mut dyn FnMut(&str)) -> Result<i32>;
+    /// Writes `src` to `remote` with file mode `mode`.
+    fn upload(&mut self, src: &Source<'_>, remote: &str, mode: u32) -> Result<()>;
+    /// Copies `remote` into `dst`.
+    fn download(&mut self, remote: &str, dst: &mut dyn Write) -> Result<()>;
+    /// Limits how long one operation may block (None = no limit).
+    fn set_timeout(&mut self, t: Option<Duration>);
+    /// Drops the connection so the next call connects again (after an expected disconnect).
+    fn reset(&mut self);
+}
+
+/// What a step may know about the build it runs in.
+pub struct StepCx<'a> {
+    pub em: &'a Emitter,
+    pub cancel: &'a Cancel,
+    pub build_name: &'a str,
+    pub builder_type: &'a str,
+    /// Run-time placeholder values: HTTPIP, HTTPPort, SSHHost, SSHPort, Name, ...
+    pub vars: &'a BTreeMap<String, String>,
+    /// Directory of the template (relative paths in options resolve against the working directory,
+    /// as in Packer).
+    pub template_dir: &'a std::path::Path,
+    /// Whether stdin is a terminal (for breakpoint).
+    pub interactive: bool,
+}
+
+/// A running guest, produced by a builder.
+pub trait Machine: Send {
+    /// None when the communicator is `none`.
+    fn communicator(&mut self) -> Option<&mut dyn Communicator>;
+    fn vars(&self) -> &BTreeMap<String, String>;
+    /// How a person reaches the guest (for -on-error=abort and -debug).
+    fn access(&self) -> String;
+    /// Shuts the guest down cleanly and exports its disk to the staging directory.
+    fn shutdown(self: Box<Self>, em: &Emitter, cancel: &Cancel) -> Result<Artifact>;
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub builder_type: String,
+    /// Files in their final place after `publish`.
+    pub files: Vec<PathBuf>,
+    /// A short identifier (the disk's sha256 for now; the image digest once the store lands).
+    pub id: String,
+    /// Staging directory and its final name: renamed into place when the build succeeds, so
+    /// output_directory never holds a partial image.
+    pub staging: Option<(PathBuf, PathBuf)>,
+    /// Extra facts for manifests (format, sizes, accelerator, ...).
+    pub data: BTreeMap<String, String>,
+}
+
+pub trait Builder: Send + Sync {
+    fn kind(&self) -> &str;
+    /// Checks that can fail before anything boots (output directory free, base image present).
+    fn preflight(&self, force: bool) -> Result<()>;
+    fn launch(&self, em: &Emitter, cancel: &Cancel) -> Result<Box<dyn Machine>>;
+}
+
+pub trait Provisioner: Send + Sync {
+    fn kind(&self) -> &str;
+    fn provision(&self, comm: Option<&mut dyn Communicator>, cx: &StepCx<'_>) -> Result<()>;
+}
+
+pub trait PostProcessor: Send + Sync {
+    fn kind(&self) -> &str;
+    fn process(&self, artifact: &Artifact, cx: &StepCx<'_>) -> Result<Artifact>;
+}

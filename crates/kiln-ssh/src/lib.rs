@@ -1,0 +1,500 @@
+//! The SSH communicator: libssh2 through the `ssh2` crate, one blocking session per build on the
+//! build's own thread. Connecting polls fast (≤ 250 ms apart) with a short handshake timeout,
+//! because with QEMU user networking the TCP connect succeeds before the guest listens and the
+//! banner may then never come on that connection. It reports why it is still waiting.
+//! Not for: choosing the host or port (the builder does that).
+
+use kiln_core::{Cancel, Communicator, Emitter, Error, EventKind, Result, Source};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    Scp,
+    Sftp,
+}
+
+/// Everything needed to reach the guest.
+#[derive(Clone)]
+pub struct SshConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub private_key_file: Option<PathBuf>,
+    /// How long to keep trying to connect.
+    pub timeout: Duration,
+    /// Handshake attempts before giving up on a guest that answers but fails the handshake.
+    pub handshake_attempts: u32,
+    pub pty: bool,
+    pub transfer: Transfer,
+    pub keep_alive: Duration,
+}
+
+impl std::fmt::Debug for SshConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("SshConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<sensitive>"))
+            .field("private_key_file", &self.private_key_file)
+            .finish()
+    }
+}
+
+/// Says whether the guest is still there; Some(reason) when it is gone (e.g. qemu exited).
+pub type Liveness = Box<dyn Fn() -> Option<String> + Send>;
+
+pub struct SshComm {
+    cfg: SshConfig,
+    sess: Option<ssh2::Session>,
+    op_timeout: Option<Duration>,
+    cancel: Cancel,
+    em: Emitter,
+    alive: Liveness,
+    /// Whether scp/sftp failed once, so later transfers go straight to the exec fallback.
+    use_cat: bool,
+}
+
+/// Why the last attempt did not get a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Waiting {
+    Refused,
+    NoBanner,
+    Handshake(String),
+    Auth(String),
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiting::Refused => f.write_str("connection refused (the guest is not listening yet)"),
+            Waiting::NoBanner => {
+                f.write_str("connected, but no SSH banner yet (the guest is still booting)")
+            }
+            Waiting::Handshake(e) => write!(f, "SSH handshake failed: {e}"),
+            Waiting::Auth(e) => write!(f, "authentication rejected: {e}"),
+        }
+    }
+}
+
+impl SshComm {
+    /// Waits until SSH answers and authenticates, up to `cfg.timeout`.
+    pub fn connect(
+        cfg: SshConfig,
+        em: Emitter,
+        cancel: Cancel,
+        alive: Liveness,
+    ) -> Result<SshComm> {
+        let mut c = SshComm {
+            cfg,
+            sess: None,
+            op_timeout: None,
+            cancel,
+            em,
+            alive,
+            use_cat: false,
+        };
+        c.ensure()?;
+        Ok(c)
+    }
+
+    fn addr(&self) -> Result<SocketAddr> {
+        (self.cfg.host.as_str(), self.cfg.port)
+            .to_socket_addrs()
+            .map_err(|e| Error::failed(format!("cannot resolve ssh host {}: {e}", self.cfg.host)))?
+            .next()
+            .ok_or_else(|| Error::failed(format!("ssh host {} has no address", self.cfg.host)))
+    }
+
+    /// Connects if there is no session.
+    fn ensure(&mut self) -> Result<&ssh2::Session> {
+        if self.sess.is_none() {
+            let s = self.wait_for_session()?;
+            self.sess = Some(s);
+        }
+        self.sess
+            .as_ref()
+            .ok_or_else(|| Error::failed("no ssh session"))
+    }
+
+    fn wait_for_session(&mut self) -> Result<ssh2::Session> {
+        let addr = self.addr()?;
+        let start = Instant::now();
+        let deadline = start + self.cfg.timeout;
+        let mut last: Option<Waiting> = None;
+        let mut handshake_timeout = Duration::from_millis(1500);
+        let mut handshake_failures = 0u32;
+        loop {
+            self.cancel.check()?;
+            if let Some(gone) = (self.alive)() {
+                return Err(Error::failed(format!(
+                    "the guest stopped before SSH answered: {gone}"
+                )));
+            }
+            let attempt_start = Instant::now();
+            let r = self.try_session(addr, handshake_timeout);
+            match r {
+                Ok(s) => {
+                    self.em.debug(format!(
+                        "ssh connected to {addr} as {} after {:.1}s",
+                        self.cfg.user,
+                        start.elapsed().as_secs_f64()
+                    ));
+                    return Ok(s);
+                }
+                Err(w) => {
+                    if let Waiting::Auth(_) = &w {
+                        // Rejected credentials rarely fix themselves, but sshd may not have read the key yet.
+                        handshake_failures += 1;
+                    }
+                    if let Waiting::Handshake(_) = &w {
+                        handshake_failures += 1;
+                        if handshake_failures >= self.cfg.handshake_attempts.max(1) {
+                            return Err(Error::failed(format!("ssh to {addr} failed {handshake_failures} handshakes: {w} (ssh_handshake_attempts)")));
+                        }
+                    }
+                    if w == Waiting::NoBanner {
+                        // Slow guests (full distributions) need longer than a tiny one.
+                        handshake_timeout =
+                            (handshake_timeout * 3 / 2).min(Duration::from_secs(10));
+                    }
+                    if last.as_ref() != Some(&w) {
+                        self.em.emit(EventKind::Waiting(format!(
+                            "waiting for SSH on {addr}: {w}"
+                        )));
+                        last = Some(w.clone());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::failed(format!(
+                            "timed out after {:?} waiting for SSH on {addr} as {}: last reason: {w}{}",
+                            self.cfg.timeout,
+                            self.cfg.user,
+                            match &w {
+                                Waiting::Auth(_) => " — check ssh_username, ssh_password or ssh_private_key_file",
+                                Waiting::Refused | Waiting::NoBanner => " — the guest's SSH server never answered; see the console log below",
+                                Waiting::Handshake(_) => "",
+                            }
+                        )));
+                    }
+                    let spent = attempt_start.elapsed();
+                    let pause = Duration::from_millis(250).saturating_sub(spent);
+                    self.cancel.sleep(pause.max(Duration::from_millis(20)))?;
+                }
+            }
+        }
+    }
+
+    fn try_session(
+        &self,
+        addr: SocketAddr,
+        handshake_timeout: Duration,
+    ) -> std::result::Result<ssh2::Session, Waiting> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| match e
+            .kind()
+        {
+            std::io::ErrorKind::ConnectionRefused => Waiting::Refused,
+            _ => Waiting::Handshake(e.to_string()),
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let mut sess = ssh2::Session::new().map_err(|e| Waiting::Handshake(e.to_string()))?;
+        sess.set_tcp_stream(tcp);
+        sess.set_timeout(handshake_timeout.as_millis() as u32);
+        if let Err(e) = sess.handshake() {
+            return Err(match e.code() {
+                ssh2::ErrorCode::Session(-9)
+                | ssh2::ErrorCode::Session(-13)
+                | ssh2::ErrorCode::Session(-43) => Waiting::NoBanner,
+                _ if e.message().contains("banner")
+                    || e.message().contains("Timed out")
+                    || e.message().contains("disconnect") =>
+                {
+                    Waiting::NoBanner
+                }
+                _ => Waiting::Handshake(e.message().to_string()),
+            });
+        }
+        sess.set_timeout(10_000);
+        let user = &self.cfg.user;
+        let mut reasons = Vec::new();
+        if let Some(key) = &self.cfg.private_key_file {
+            match sess.userauth_pubkey_file(user, None, key, None) {
+                Ok(()) => {}
+                Err(e) => reasons.push(format!(
+                    "key {} for user {user}: {}",
+                    key.display(),
+                    e.message()
+                )),
+            }
+        }
+        if !sess.authenticated() {
+            if let Some(pw) = &self.cfg.password {
+                if let Err(e) = sess.userauth_password(user, pw) {
+                    reasons.push(format!("password for user {user}: {}", e.message()));
+                }
+            }
+        }
+        if !sess.authenticated() {
+            if reasons.is_empty() {
+                reasons.push(format!(
+                    "no password or private key configured for user {user}"
+                ));
+            }
+            return Err(Waiting::Auth(reasons.join("; ")));
+        }
+        sess.set_timeout(0);
+        if self.cfg.keep_alive > Duration::ZERO {
+            sess.set_keepalive(false, self.cfg.keep_alive.as_secs().max(1) as u32);
+        }
+        Ok(sess)
+    }
+
+    fn lost(&mut self, what: &str, e: impl std::fmt::Display) -> Error {
+        self.sess = None;
+        if self.cancel.is_cancelled() {
+            return Error::Cancelled;
+        }
+        Error::Disconnected(format!("{what}: {e}"))
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.op_timeout.map(|t| Instant::now() + t)
+    }
+
+    fn exec_inner(
+        &mut self,
+        cmd: &str,
+        stdin: Option<&mut dyn Read>,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Result<i32> {
+        let deadline = self.deadline();
+        let pty = self.cfg.pty;
+        let sess = self.ensure()?.clone();
+        let mut ch = match sess.channel_session() {
+            Ok(c) => c,
+            Err(e) => return Err(self.lost("cannot open a channel", e.message())),
+        };
+        if pty {
+            if let Err(e) = ch.request_pty("xterm", None, None) {
+                return Err(self.lost("cannot request a pty", e.message()));
+            }
+        }
+        let _ = ch.handle_extended_data(ssh2::ExtendedData::Merge);
+        if let Err(e) = ch.exec(cmd) {
+            return Err(self.lost("cannot start the command", e.message()));
+        }
+        if let Some(input) = stdin {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = input
+                    .read(&mut buf)
+                    .map_err(|e| Error::io("reading the file to upload", e))?;
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = ch.write_all(&buf[..n]) {
+                    return Err(self.lost("sending data", e));
+                }
+            }
+            if let Err(e) = ch.send_eof() {
+                return Err(self.lost("sending data", e.message()));
+            }
+        }
+        // Read in slices so cancellation and step timeouts are noticed.
+        sess.set_timeout(500);
+        let mut buf = vec![0u8; 32 * 1024];
+        let result = loop {
+            if self.cancel.is_cancelled() {
+                break Err(Error::Cancelled);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Err(Error::failed(format!(
+                    "command timed out after {:?}",
+                    self.op_timeout.unwrap_or_default()
+                )));
+            }
+            match ch.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => out(&buf[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::TimedOut
+                        || e.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    if let Some(gone) = (self.alive)() {
+                        break Err(Error::Disconnected(gone));
+                    }
+                }
+                Err(e) => break Err(Error::Disconnected(e.to_string())),
+            }
+        };
+        sess.set_timeout(10_000);
+        if let Err(e) = result {
+            self.sess = None;
+            return Err(e);
+        }
+        let _ = ch.wait_close();
+        sess.set_timeout(0);
+        match ch.exit_status() {
+            Ok(code) => {
+                if ch.exit_signal().ok().and_then(|s| s.exit_signal).is_some() {
+                    // Killed by a signal: report as 128+ like a shell would; exact number unknown here.
+                    return Ok(if code == 0 { 255 } else { code });
+                }
+                Ok(code)
+            }
+            Err(e) => Err(self.lost("reading the exit status", e.message())),
+        }
+    }
+
+    fn upload_scp(
+        &mut self,
+        src: &mut dyn Read,
+        size: u64,
+        remote: &str,
+        mode: u32,
+    ) -> std::result::Result<(), String> {
+        let sess = self.ensure().map_err(|e| e.to_string())?.clone();
+        sess.set_timeout(self.op_timeout.map_or(0, |t| t.as_millis() as u32));
+        let r = (|| {
+            let mut ch = sess
+                .scp_send(
+                    std::path::Path::new(remote),
+                    (mode & 0o7777) as i32,
+                    size,
+                    None,
+                )
+                .map_err(|e| e.message().to_string())?;
+            std::io::copy(src, &mut ch).map_err(|e| e.to_string())?;
+            ch.send_eof().map_err(|e| e.message().to_string())?;
+            ch.wait_eof().map_err(|e| e.message().to_string())?;
+            ch.close().map_err(|e| e.message().to_string())?;
+            ch.wait_close().map_err(|e| e.message().to_string())
+        })();
+        sess.set_timeout(0);
+        r
+    }
+
+    fn upload_sftp(
+        &mut self,
+        src: &mut dyn Read,
+        remote: &str,
+        mode: u32,
+    ) -> std::result::Result<(), String> {
+        let sess = self.ensure().map_err(|e| e.to_string())?.clone();
+        let sftp = sess.sftp().map_err(|e| e.message().to_string())?;
+        let mut f = sftp
+            .open_mode(
+                std::path::Path::new(remote),
+                ssh2::OpenFlags::WRITE | ssh2::OpenFlags::CREATE | ssh2::OpenFlags::TRUNCATE,
+                (mode & 0o7777) as i32,
+                ssh2::OpenType::File,
+            )
+            .map_err(|e| e.message().to_string())?;
+        std::io::copy(src, &mut f).map_err(|e| e.to_string())?;
+        let stat = ssh2::FileStat {
+            size: None,
+            uid: None,
+            gid: None,
+            perm: Some(mode & 0o7777),
+            atime: None,
+            mtime: None,
+        };
+        f.setstat(stat).map_err(|e| e.message().to_string())?;
+        Ok(())
+    }
+}
+
+/// Quotes a string for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl Communicator for SshComm {
+    fn exec(&mut self, cmd: &str, out: &mut dyn FnMut(&str)) -> Result<i32> {
+        let mut pending = Vec::new();
+        let code = {
+            let mut sink = |b: &[u8]| {
+                pending.extend_from_slice(b);
+                while let Some(i) = pending.iter().position(|&c| c == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=i).collect();
+                    out(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']));
+                }
+            };
+            self.exec_inner(cmd, None, &mut sink)
+        };
+        if !pending.is_empty() {
+            out(String::from_utf8_lossy(&pending).trim_end_matches(['\n', '\r']));
+        }
+        code
+    }
+
+    fn upload(&mut self, src: &Source<'_>, remote: &str, mode: u32) -> Result<()> {
+        if !self.use_cat {
+            let (mut r, size) = src.open()?;
+            let res = match self.cfg.transfer {
+                Transfer::Scp => self.upload_scp(&mut r, size, remote, mode),
+                Transfer::Sftp => self.upload_sftp(&mut r, remote, mode),
+            };
+            match res {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.cancel.check()?;
+                    if let Some(gone) = (self.alive)() {
+                        return Err(Error::Disconnected(gone));
+                    }
+                    // The guest may lack scp or sftp-server: stream over an exec channel from now on.
+                    self.em.debug(format!("{:?} upload of {remote} failed ({e}); streaming over an exec channel instead", self.cfg.transfer));
+                    self.use_cat = true;
+                }
+            }
+        }
+        let (mut r, _) = src.open()?;
+        let cmd = format!(
+            "cat > {q} && chmod {mode:o} {q}",
+            q = shell_quote(remote),
+            mode = mode & 0o7777
+        );
+        let mut output = Vec::new();
+        let code = self.exec_inner(&cmd, Some(&mut r), &mut |b| output.extend_from_slice(b))?;
+        if code != 0 {
+            return Err(Error::failed(format!(
+                "upload to {remote} failed (exit {code}): {}",
+                String::from_utf8_lossy(&output).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    fn download(&mut self, remote: &str, dst: &mut dyn Write) -> Result<()> {
+        let cmd = format!("cat {}", shell_quote(remote));
+        let mut werr = None;
+        let code = self.exec_inner(&cmd, None, &mut |b| {
+            if werr.is_none() {
+                if let Err(e) = dst.write_all(b) {
+                    werr = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = werr {
+            return Err(Error::io("writing the downloaded file", e));
+        }
+        if code != 0 {
+            return Err(Error::failed(format!(
+                "download of {remote} failed: cat exited {code} (does the file exist?)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn set_timeout(&mut self, t: Option<Duration>) {
+        self.op_timeout = t;
+    }
+
+    fn reset(&mut self) {
+        self.sess = None;
+    }
+}

@@ -1,0 +1,1344 @@
+//! HCL2 templates as Packer reads them: a file or a directory of `*.pkr.hcl` files, variables with
+//! types, defaults, validation and the documented precedence, locals in dependency order, sources,
+//! and build blocks with overrides, provisioners and post-processor chains.
+
+use crate::diag::{did_you_mean, Diagnostic, Diagnostics, Span};
+use crate::eval::{evaluate, from_json, references, to_json, undeclared_message};
+use crate::plan::{Attr, BuildPlan, Component, Plan, Step, StepCommon, TemplateFile, VarInfo};
+use crate::types::Type;
+use crate::{funcs, glob_match, LoadOptions, PACKER_COMPAT_VERSION};
+use hcl::edit::expr::Expression as EditExpr;
+use hcl::edit::structure::{Block, Body, Structure};
+use hcl::edit::Span as _;
+use hcl::eval::Context;
+use hcl::{Map, Value};
+use indexmap::IndexMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+struct SrcFile {
+    path: Arc<Path>,
+    text: String,
+    body: Body,
+}
+
+struct Var {
+    name: String,
+    span: Span,
+    ty: Option<Type>,
+    type_text: Option<String>,
+    default: Option<Value>,
+    description: Option<String>,
+    sensitive: bool,
+    nullable: bool,
+    /// (file, condition, error message expr)
+    validations: Vec<(usize, EditExpr, Option<EditExpr>)>,
+    value: Option<Value>,
+    origin: &'static str,
+}
+
+struct Local {
+    file: usize,
+    expr: EditExpr,
+    span: Span,
+    sensitive: bool,
+}
+
+struct SourceDef {
+    kind: String,
+    name: String,
+    file: usize,
+    block: Block,
+}
+
+const TOP_BLOCKS: &[&str] = &[
+    "packer",
+    "variable",
+    "variables",
+    "locals",
+    "local",
+    "source",
+    "build",
+    "data",
+];
+const BUILD_BLOCKS: &[&str] = &[
+    "source",
+    "provisioner",
+    "error-cleanup-provisioner",
+    "post-processor",
+    "post-processors",
+    "hcp_packer_registry",
+];
+const COMMON_STEP_KEYS: &[&str] = &[
+    "only",
+    "except",
+    "pause_before",
+    "max_retries",
+    "timeout",
+    "override",
+    "name",
+    "keep_input_artifact",
+];
+
+/// Plugins that kiln has built in (what `required_plugins` may name).
+const BUILTIN_PLUGINS: &[&str] = &["qemu"];
+
+pub(crate) struct Loader<'o> {
+    opts: &'o LoadOptions,
+    diags: Diagnostics,
+    files: Vec<SrcFile>,
+    root: PathBuf,
+    vars: IndexMap<String, Var>,
+    locals: IndexMap<String, Local>,
+    local_values: Map<String, Value>,
+    sensitive_locals: Vec<String>,
+    sources: IndexMap<String, SourceDef>,
+    builds: Vec<(usize, Block)>,
+    unknown_plugins: Vec<(String, Span)>,
+}
+
+impl<'o> Loader<'o> {
+    pub(crate) fn new(opts: &'o LoadOptions, root: PathBuf) -> Self {
+        Loader {
+            opts,
+            diags: Diagnostics::default(),
+            files: Vec::new(),
+            root,
+            vars: IndexMap::new(),
+            locals: IndexMap::new(),
+            local_values: Map::new(),
+            sensitive_locals: Vec::new(),
+            sources: IndexMap::new(),
+            builds: Vec::new(),
+            unknown_plugins: Vec::new(),
+        }
+    }
+
+    fn span(&self, file: usize, range: Option<std::ops::Range<usize>>) -> Span {
+        let f = &self.files[file];
+        match range {
+            Some(r) => Span::from_offset(&f.path, &f.text, r.start),
+            None => Span::file_only(&f.path),
+        }
+    }
+
+    fn err(&mut self, msg: impl Into<String>, span: Span, hint: Option<String>) {
+        let mut d = Diagnostic::error(msg, Some(span));
+        d.hint = hint;
+        self.diags.push(d);
+    }
+
+    /// Reads and parses one file; a parse error becomes a diagnostic.
+    pub(crate) fn add_file(&mut self, path: &Path) -> Option<usize> {
+        let text = match crate::read_text(path) {
+            Ok(t) => t,
+            Err(d) => {
+                self.diags.push(d);
+                return None;
+            }
+        };
+        let arc: Arc<Path> = Arc::from(path);
+        match hcl::edit::parser::parse_body(&text) {
+            Ok(body) => {
+                self.files.push(SrcFile {
+                    path: arc,
+                    text,
+                    body,
+                });
+                Some(self.files.len() - 1)
+            }
+            Err(e) => {
+                let loc = e.location();
+                let span = Span::from_offset(&arc, &text, loc.offset());
+                let msg = format!("syntax error: {}", e.message());
+                self.diags
+                    .push(Diagnostic::error(msg, Some(span)).with_hint(
+                        "check the brackets, quotes and `=` signs around this position",
+                    ));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn run(mut self, var_files: &[PathBuf]) -> (Option<Plan>, Diagnostics) {
+        if self.opts.syntax_only {
+            let ok = !self.diags.has_errors();
+            return (ok.then(|| self.empty_plan()), self.diags);
+        }
+        for i in 0..self.files.len() {
+            self.collect(i);
+        }
+        self.apply_values(var_files);
+        let var_obj = self.finish_vars();
+        self.eval_locals(&var_obj);
+        let builds = self.expand_builds(&var_obj);
+        let mut plan = self.empty_plan();
+        plan.builds = builds;
+        plan.variables = self
+            .vars
+            .values()
+            .map(|v| VarInfo {
+                name: v.name.clone(),
+                value: to_json(v.value.as_ref().unwrap_or(&Value::Null)),
+                type_expr: v.type_text.clone(),
+                description: v.description.clone(),
+                sensitive: v.sensitive,
+                origin: v.origin.to_string(),
+            })
+            .collect();
+        let mut secrets = Vec::new();
+        for v in self.vars.values().filter(|v| v.sensitive) {
+            collect_strings(v.value.as_ref().unwrap_or(&Value::Null), &mut secrets);
+        }
+        for name in &self.sensitive_locals {
+            collect_strings(
+                self.local_values.get(name).unwrap_or(&Value::Null),
+                &mut secrets,
+            );
+        }
+        plan.sensitive_values = secrets;
+        if !self.unknown_plugins.is_empty() {
+            let filtered = !self.opts.only.is_empty() || !self.opts.except.is_empty();
+            for (name, span) in std::mem::take(&mut self.unknown_plugins) {
+                let msg = format!(
+                    "required plugin {name:?} is not built into kiln (built in: {})",
+                    BUILTIN_PLUGINS.join(", ")
+                );
+                let d = if filtered {
+                    Diagnostic::warning(msg, Some(span))
+                } else {
+                    Diagnostic::error(msg, Some(span))
+                };
+                self.diags.push(d.with_hint(
+                    "use -only to build just the sources kiln supports, e.g. -only='qemu.*'",
+                ));
+            }
+        }
+        let ok = !self.diags.has_errors();
+        (ok.then_some(plan), self.diags)
+    }
+
+    fn empty_plan(&self) -> Plan {
+        Plan {
+            format: "hcl2",
+            root: self.root.clone(),
+            files: self
+                .files
+                .iter()
+                .map(|f| TemplateFile {
+                    path: f.path.to_path_buf(),
+                    sha256: crate::sha256_hex(f.text.as_bytes()),
+                })
+                .collect(),
+            variables: Vec::new(),
+            builds: Vec::new(),
+            sensitive_values: Vec::new(),
+        }
+    }
+
+    fn base_ctx(&self, with_env: bool) -> Context<'static> {
+        let mut ctx = Context::new();
+        funcs::register(&mut ctx, with_env);
+        let cwd = std::env::current_dir().unwrap_or_default();
+        ctx.declare_var(
+            "path",
+            Value::from_iter([
+                (
+                    "root",
+                    Value::from(self.root.to_string_lossy().into_owned()),
+                ),
+                ("cwd", Value::from(cwd.to_string_lossy().into_owned())),
+            ]),
+        );
+        ctx.declare_var(
+            "packer",
+            Value::from_iter([("version", Value::from(PACKER_COMPAT_VERSION))]),
+        );
+        ctx
+    }
+
+    /// Evaluates an expression from file `file`, reporting errors at its position.
+    fn eval(&mut self, file: usize, expr: &EditExpr, ctx: &Context<'_>) -> Option<Value> {
+        let range = expr.span();
+        let span = self.span(file, range.clone());
+        if let Some(r) = range {
+            let text = self.files[file]
+                .text
+                .get(r.clone())
+                .unwrap_or("")
+                .to_string();
+            let mut bad = false;
+            for (kind, name, off) in references(&text) {
+                let known = if kind == "var" {
+                    self.vars.contains_key(&name)
+                } else {
+                    self.locals.contains_key(&name)
+                };
+                if !known {
+                    let (msg, hint) = if kind == "var" {
+                        undeclared_message(kind, &name, self.vars.keys().map(String::as_str))
+                    } else {
+                        undeclared_message(kind, &name, self.locals.keys().map(String::as_str))
+                    };
+                    let f = &self.files[file];
+                    let s = Span::from_offset(&f.path, &f.text, r.start + off);
+                    self.err(msg, s, hint);
+                    bad = true;
+                }
+            }
+            if bad {
+                return None;
+            }
+        }
+        let hexpr = hcl::Expression::from(expr.clone());
+        match evaluate(&hexpr, ctx) {
+            Ok(v) => Some(v),
+            Err(msg) => {
+                let hint = unknown_function_hint(&msg);
+                self.err(msg, span, hint);
+                None
+            }
+        }
+    }
+
+    fn collect(&mut self, file: usize) {
+        let structures: Vec<Structure> = self.files[file].body.iter().cloned().collect();
+        for s in structures {
+            match s {
+                Structure::Attribute(a) => {
+                    let span = self.span(file, a.span());
+                    self.err(
+                        format!("unexpected attribute {:?} at the top level", a.key.as_str()),
+                        span,
+                        Some(
+                            "top-level attributes belong in a *.pkrvars.hcl file or inside a block"
+                                .into(),
+                        ),
+                    );
+                }
+                Structure::Block(b) => self.collect_block(file, b),
+            }
+        }
+    }
+
+    fn labels(&mut self, file: usize, b: &Block, n: usize, usage: &str) -> Option<Vec<String>> {
+        if b.labels.len() != n {
+            let span = self.span(file, b.ident.span());
+            self.err(
+                format!(
+                    "block {:?} takes {n} label(s), found {}",
+                    b.ident.as_str(),
+                    b.labels.len()
+                ),
+                span,
+                Some(format!("write it as {usage}")),
+            );
+            return None;
+        }
+        Some(b.labels.iter().map(|l| l.as_str().to_string()).collect())
+    }
+
+    fn collect_block(&mut self, file: usize, b: Block) {
+        let span = self.span(file, b.ident.span());
+        self.check_duplicates(file, &b.body);
+        match b.ident.as_str() {
+            "packer" => self.packer_block(file, &b),
+            "variable" => {
+                let Some(l) = self.labels(file, &b, 1, "variable \"name\" { ... }") else {
+                    return;
+                };
+                self.variable_block(file, &l[0], &b, span);
+            }
+            "variables" => {
+                for a in b.body.attributes() {
+                    let name = a.key.as_str().to_string();
+                    let aspan = self.span(file, a.span());
+                    let ctx = self.base_ctx(true);
+                    let default = self.eval(file, &a.value, &ctx);
+                    self.declare(Var {
+                        name,
+                        span: aspan,
+                        ty: None,
+                        type_text: None,
+                        default,
+                        description: None,
+                        sensitive: false,
+                        nullable: true,
+                        validations: Vec::new(),
+                        value: None,
+                        origin: "default",
+                    });
+                }
+            }
+            "locals" => {
+                for a in b.body.attributes() {
+                    let name = a.key.as_str().to_string();
+                    let aspan = self.span(file, a.span());
+                    self.declare_local(
+                        name,
+                        Local {
+                            file,
+                            expr: a.value.clone(),
+                            span: aspan,
+                            sensitive: false,
+                        },
+                    );
+                }
+                if let Some(inner) = b.body.blocks().next() {
+                    let s = self.span(file, inner.ident.span());
+                    self.err("blocks are not allowed inside `locals`", s, None);
+                }
+            }
+            "local" => {
+                let Some(l) = self.labels(file, &b, 1, "local \"name\" { expression = ... }")
+                else {
+                    return;
+                };
+                let Some(expr) = b.body.get_attribute("expression").map(|a| a.value.clone()) else {
+                    self.err(
+                        format!("local {:?} has no `expression`", l[0]),
+                        span,
+                        Some("add `expression = ...`".into()),
+                    );
+                    return;
+                };
+                let sensitive = self.literal_bool(file, &b.body, "sensitive");
+                self.check_keys(file, &b.body, &["expression", "sensitive"], &[]);
+                self.declare_local(
+                    l[0].clone(),
+                    Local {
+                        file,
+                        expr,
+                        span,
+                        sensitive,
+                    },
+                );
+            }
+            "source" => {
+                let Some(l) = self.labels(file, &b, 2, "source \"qemu\" \"name\" { ... }") else {
+                    return;
+                };
+                let key = format!("{}.{}", l[0], l[1]);
+                if let Some(prev) = self.sources.get(&key) {
+                    let prev_span = self.span(prev.file, prev.block.ident.span());
+                    self.err(
+                        format!("duplicate source {key}; it is already declared at {prev_span}"),
+                        span,
+                        Some("give each source a unique name".into()),
+                    );
+                    return;
+                }
+                self.sources.insert(
+                    key,
+                    SourceDef {
+                        kind: l[0].clone(),
+                        name: l[1].clone(),
+                        file,
+                        block: b,
+                    },
+                );
+            }
+            "build" => self.builds.push((file, b)),
+            "data" => self.err(
+                format!(
+                    "data sources are not supported by kiln yet ({})",
+                    b.labels
+                        .iter()
+                        .map(|l| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join(".")
+                ),
+                span,
+                Some("replace the data source with a variable or local".into()),
+            ),
+            other => {
+                let hint = did_you_mean(other, TOP_BLOCKS.iter().copied())
+                    .map(|s| format!("did you mean `{s}`?"));
+                self.err(
+                    format!("unknown block type {other:?}"),
+                    span,
+                    hint.or_else(|| {
+                        Some(format!("top-level blocks are: {}", TOP_BLOCKS.join(", ")))
+                    }),
+                );
+            }
+        }
+    }
+
+    fn check_duplicates(&mut self, file: usize, body: &Body) {
+        let mut seen: Vec<(&str, Option<std::ops::Range<usize>>)> = Vec::new();
+        let mut dups = Vec::new();
+        for a in body.attributes() {
+            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == a.key.as_str()) {
+                dups.push((a.key.as_str().to_string(), a.span(), first.clone()));
+            } else {
+                seen.push((a.key.as_str(), a.span()));
+            }
+        }
+        for (k, at, first) in dups {
+            let first = self.span(file, first);
+            let s = self.span(file, at);
+            self.err(
+                format!("duplicate attribute {k:?}; it was already set at {first}"),
+                s,
+                Some("remove one of the two".into()),
+            );
+        }
+    }
+
+    fn check_keys(&mut self, file: usize, body: &Body, attrs: &[&str], blocks: &[&str]) {
+        for a in body.attributes() {
+            if !attrs.contains(&a.key.as_str()) {
+                let s = self.span(file, a.span());
+                let hint = did_you_mean(a.key.as_str(), attrs.iter().copied())
+                    .map(|x| format!("did you mean `{x}`?"));
+                self.err(format!("unknown attribute {:?}", a.key.as_str()), s, hint);
+            }
+        }
+        for b in body.blocks() {
+            if !blocks.contains(&b.ident.as_str()) {
+                let s = self.span(file, b.ident.span());
+                let hint = did_you_mean(b.ident.as_str(), blocks.iter().copied())
+                    .map(|x| format!("did you mean `{x}`?"));
+                self.err(format!("unknown block {:?}", b.ident.as_str()), s, hint);
+            }
+        }
+    }
+
+    fn literal_bool(&mut self, file: usize, body: &Body, key: &str) -> bool {
+        let Some(a) = body.get_attribute(key) else {
+            return false;
+        };
+        let ctx = self.base_ctx(false);
+        match self.eval(file, &a.value.clone(), &ctx) {
+            Some(Value::Bool(b)) => b,
+            Some(_) => {
+                let s = self.span(file, a.value.span());
+                self.err(format!("`{key}` must be true or false"), s, None);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn packer_block(&mut self, file: usize, b: &Block) {
+        self.check_keys(file, &b.body, &["required_version"], &["required_plugins"]);
+        if let Some(a) = b.body.get_attribute("required_version") {
+            let ctx = self.base_ctx(false);
+            if let Some(Value::String(c)) = self.eval(file, &a.value.clone(), &ctx) {
+                if let Err(msg) = crate::version::check(&c, PACKER_COMPAT_VERSION) {
+                    let s = self.span(file, a.value.span());
+                    self.err(
+                        msg,
+                        s,
+                        Some(format!(
+                            "kiln reads templates written for Packer {PACKER_COMPAT_VERSION}"
+                        )),
+                    );
+                }
+            }
+        }
+        for rp in b.body.get_blocks("required_plugins") {
+            for a in rp.body.attributes() {
+                let name = a.key.as_str().to_string();
+                let ctx = self.base_ctx(false);
+                let v = self.eval(file, &a.value.clone(), &ctx);
+                let source = v
+                    .as_ref()
+                    .and_then(|v| v.as_object())
+                    .and_then(|o| o.get("source"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let plugin = source.rsplit('/').next().unwrap_or(&name).to_string();
+                if !BUILTIN_PLUGINS.contains(&plugin.as_str())
+                    && !BUILTIN_PLUGINS.contains(&name.as_str())
+                {
+                    let s = self.span(file, a.span());
+                    self.unknown_plugins
+                        .push((if source.is_empty() { name } else { source }, s));
+                }
+            }
+        }
+    }
+
+    fn variable_block(&mut self, file: usize, name: &str, b: &Block, span: Span) {
+        self.check_keys(
+            file,
+            &b.body,
+            &["type", "default", "description", "sensitive", "nullable"],
+            &["validation"],
+        );
+        let (ty, type_text) = match b.body.get_attribute("type") {
+            Some(a) => {
+                let text = a
+                    .value
+                    .span()
+                    .and_then(|r| self.files[file].text.get(r).map(str::to_string));
+                match Type::parse(&hcl::Expression::from(a.value.clone())) {
+                    Ok(t) => (Some(t), text),
+                    Err(msg) => {
+                        let s = self.span(file, a.value.span());
+                        self.err(msg, s, None);
+                        (None, text)
+                    }
+                }
+            }
+            None => (None, None),
+        };
+        let default = match b.body.get_attribute("default") {
+            Some(a) => {
+                let ctx = self.base_ctx(true);
+                let v = self.eval(file, &a.value.clone(), &ctx);
+                match (v, &ty) {
+                    (Some(v), Some(t)) => {
+                        match t.convert(&v) {
+                            Ok(c) => Some(c),
+                            Err(msg) => {
+                                let s = self.span(file, a.value.span());
+                                self.err(format!("default of variable {name:?} does not match its type: {msg}"), s, None);
+                                None
+                            }
+                        }
+                    }
+                    (v, _) => v,
+                }
+            }
+            None => None,
+        };
+        let description = b.body.get_attribute("description").and_then(|a| {
+            match hcl::Expression::from(a.value.clone()) {
+                hcl::Expression::String(s) => Some(s),
+                _ => None,
+            }
+        });
+        let sensitive = self.literal_bool(file, &b.body, "sensitive");
+        let nullable = b.body.get_attribute("nullable").is_none()
+            || self.literal_bool(file, &b.body, "nullable");
+        let mut validations = Vec::new();
+        for v in b.body.get_blocks("validation") {
+            self.check_keys(file, &v.body, &["condition", "error_message"], &[]);
+            match v.body.get_attribute("condition") {
+                Some(c) => validations.push((
+                    file,
+                    c.value.clone(),
+                    v.body
+                        .get_attribute("error_message")
+                        .map(|m| m.value.clone()),
+                )),
+                None => {
+                    let s = self.span(file, v.ident.span());
+                    self.err("validation block has no `condition`", s, None);
+                }
+            }
+        }
+        self.declare(Var {
+            name: name.to_string(),
+            span,
+            ty,
+            type_text,
+            default,
+            description,
+            sensitive,
+            nullable,
+            validations,
+            value: None,
+            origin: "default",
+        });
+    }
+
+    fn declare(&mut self, v: Var) {
+        if let Some(prev) = self.vars.get(&v.name) {
+            let msg = format!(
+                "duplicate variable {:?}; it is already declared at {}",
+                v.name, prev.span
+            );
+            self.err(msg, v.span, None);
+            return;
+        }
+        self.vars.insert(v.name.clone(), v);
+    }
+
+    fn declare_local(&mut self, name: String, l: Local) {
+        if let Some(prev) = self.locals.get(&name) {
+            let msg = format!(
+                "duplicate local {name:?}; it is already defined at {}",
+                prev.span
+            );
+            self.err(msg, l.span, None);
+            return;
+        }
+        self.locals.insert(name, l);
+    }
+
+    /// Applies values in Packer's order: env < auto var files < -var-file < -var.
+    fn apply_values(&mut self, var_files: &[PathBuf]) {
+        let mut env: Vec<(String, String)> = Vec::new();
+        for (k, v) in &self.opts.env {
+            for prefix in ["PKR_VAR_", "KILN_VAR_"] {
+                if let Some(name) = k.strip_prefix(prefix) {
+                    env.push((name.to_string(), v.clone()));
+                }
+            }
+        }
+        for (name, raw) in env {
+            if self.vars.contains_key(&name) {
+                self.set_from_string(&name, &raw, "env", None);
+            }
+        }
+        for f in var_files {
+            self.apply_var_file(f);
+        }
+        for (name, raw) in self.opts.vars.clone() {
+            if !self.vars.contains_key(&name) {
+                let (msg, hint) =
+                    undeclared_message("var", &name, self.vars.keys().map(String::as_str));
+                self.diags.push(
+                    Diagnostic::error(format!("-var {name}=…: {msg}"), None)
+                        .with_hint(hint.unwrap_or_default()),
+                );
+                continue;
+            }
+            self.set_from_string(&name, &raw, "-var", None);
+        }
+    }
+
+    fn set_from_string(&mut self, name: &str, raw: &str, origin: &'static str, span: Option<Span>) {
+        let Some(var) = self.vars.get(name) else {
+            return;
+        };
+        let value = match &var.ty {
+            None | Some(Type::String) => Ok(Value::from(raw)),
+            Some(_) => hcl::edit::parser::parse_expr(raw)
+                .map_err(|e| {
+                    format!(
+                        "value of {name} ({origin}) is not a valid HCL expression: {}",
+                        e.message()
+                    )
+                })
+                .and_then(|e| {
+                    let ctx = self.base_ctx(false);
+                    evaluate(&hcl::Expression::from(e), &ctx)
+                }),
+        };
+        match value {
+            Ok(v) => self.set_value(name, v, origin, span),
+            Err(msg) => self.diags.push(Diagnostic::error(msg, span)),
+        }
+    }
+
+    fn set_value(&mut self, name: &str, v: Value, origin: &'static str, span: Option<Span>) {
+        let Some(var) = self.vars.get_mut(name) else {
+            return;
+        };
+        let converted = match &var.ty {
+            Some(t) => t.convert(&v),
+            None => Ok(v),
+        };
+        match converted {
+            Ok(c) => {
+                var.value = Some(c);
+                var.origin = origin;
+            }
+            Err(msg) => {
+                let d = Diagnostic::error(
+                    format!("invalid value for variable {name:?} (from {origin}): {msg}"),
+                    span,
+                );
+                self.diags.push(d);
+            }
+        }
+    }
+
+    fn apply_var_file(&mut self, path: &Path) {
+        let text = match crate::read_text(path) {
+            Ok(t) => t,
+            Err(d) => return self.diags.push(d),
+        };
+        let arc: Arc<Path> = Arc::from(path);
+        let is_json = path.extension().is_some_and(|e| e == "json");
+        if is_json {
+            match crate::jsonspan::parse(&text) {
+                Ok(crate::jsonspan::Node {
+                    value: crate::jsonspan::NodeValue::Object(entries),
+                    ..
+                }) => {
+                    for (key, node) in entries {
+                        let span = Span::from_offset(&arc, &text, key.offset);
+                        self.var_file_value(&key.text, from_json(&node.to_json()), span);
+                    }
+                }
+                Ok(n) => self.diags.push(Diagnostic::error(
+                    "a JSON variables file must be an object of name: value",
+                    Some(Span::from_offset(&arc, &text, n.offset)),
+                )),
+                Err(e) => self.diags.push(Diagnostic::error(
+                    format!("invalid JSON: {}", e.message),
+                    Some(Span::from_offset(&arc, &text, e.offset)),
+                )),
+            }
+            return;
+        }
+        let body = match hcl::edit::parser::parse_body(&text) {
+            Ok(b) => b,
+            Err(e) => {
+                let span = Span::from_offset(&arc, &text, e.location().offset());
+                return self.diags.push(Diagnostic::error(
+                    format!("syntax error: {}", e.message()),
+                    Some(span),
+                ));
+            }
+        };
+        let ctx = self.base_ctx(false);
+        for s in body.iter() {
+            let start = s.span().map_or(0, |r| r.start);
+            let span = Span::from_offset(&arc, &text, start);
+            match s {
+                Structure::Attribute(a) => {
+                    match evaluate(&hcl::Expression::from(a.value.clone()), &ctx) {
+                        Ok(v) => self.var_file_value(a.key.as_str(), v, span),
+                        Err(msg) => self.diags.push(Diagnostic::error(msg, Some(span))),
+                    }
+                }
+                Structure::Block(_) => self.diags.push(Diagnostic::error(
+                    "blocks are not allowed in a variables file; write `name = value`",
+                    Some(span),
+                )),
+            }
+        }
+    }
+
+    fn var_file_value(&mut self, name: &str, v: Value, span: Span) {
+        if !self.vars.contains_key(name) {
+            let (msg, hint) = undeclared_message("var", name, self.vars.keys().map(String::as_str));
+            let mut d = Diagnostic::warning(
+                format!("{msg} is set in a variables file and ignored"),
+                Some(span),
+            );
+            d.hint = hint;
+            self.diags.push(d);
+            return;
+        }
+        self.set_value(name, v, "var-file", Some(span));
+    }
+
+    /// Checks required values and validations; returns the `var` object.
+    fn finish_vars(&mut self) -> Value {
+        let names: Vec<String> = self.vars.keys().cloned().collect();
+        for name in &names {
+            let Some(var) = self.vars.get_mut(name) else {
+                continue;
+            };
+            if var.value.is_none() {
+                var.value = var.default.clone();
+            }
+            let (missing, null_bad, span) = (
+                var.value.is_none(),
+                !var.nullable && var.value == Some(Value::Null),
+                var.span.clone(),
+            );
+            if missing {
+                self.err(format!("variable {name:?} has no value"), span, Some(format!("set it with -var {name}=..., a -var-file, or PKR_VAR_{name}, or give it a default")));
+            } else if null_bad {
+                self.err(
+                    format!("variable {name:?} must not be null (nullable = false)"),
+                    span,
+                    None,
+                );
+            }
+        }
+        let obj: Map<String, Value> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone().unwrap_or(Value::Null)))
+            .collect();
+        let var_obj = Value::Object(obj);
+        for name in &names {
+            let validations = self
+                .vars
+                .get(name)
+                .map(|v| v.validations.clone())
+                .unwrap_or_default();
+            for (file, cond, msg) in validations {
+                let mut ctx = self.base_ctx(false);
+                ctx.declare_var("var", var_obj.clone());
+                match self.eval(file, &cond, &ctx) {
+                    Some(Value::Bool(true)) | None => {}
+                    Some(Value::Bool(false)) => {
+                        let text = msg
+                            .and_then(|m| self.eval(file, &m, &ctx))
+                            .and_then(|v| v.as_str().map(str::to_string));
+                        let s = self.span(file, cond.span());
+                        self.err(
+                            format!(
+                                "invalid value for variable {name:?}: {}",
+                                text.unwrap_or_else(|| "validation failed".into())
+                            ),
+                            s,
+                            None,
+                        );
+                    }
+                    Some(other) => {
+                        let s = self.span(file, cond.span());
+                        self.err(
+                            format!(
+                                "validation condition must be a bool, got {}",
+                                funcs::type_name(&other)
+                            ),
+                            s,
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+        var_obj
+    }
+
+    fn eval_locals(&mut self, var_obj: &Value) {
+        // Dependency order, so locals may refer to each other in any order and cycles are named.
+        let names: Vec<String> = self.locals.keys().cloned().collect();
+        let deps: IndexMap<String, Vec<String>> = names
+            .iter()
+            .map(|n| {
+                let l = &self.locals[n];
+                let text = l
+                    .expr
+                    .span()
+                    .and_then(|r| self.files[l.file].text.get(r))
+                    .unwrap_or("");
+                let d = references(text)
+                    .into_iter()
+                    .filter(|(k, _, _)| *k == "local")
+                    .map(|(_, n, _)| n)
+                    .collect();
+                (n.clone(), d)
+            })
+            .collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut failed: Vec<String> = Vec::new();
+        loop {
+            let ready: Vec<String> = names
+                .iter()
+                .filter(|n| !done.contains(n) && !failed.contains(n))
+                .filter(|n| {
+                    deps[*n]
+                        .iter()
+                        .all(|d| done.contains(d) || !self.locals.contains_key(d))
+                })
+                .cloned()
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            for n in ready {
+                if deps[&n].iter().any(|d| failed.contains(d)) {
+                    failed.push(n);
+                    continue;
+                }
+                let mut ctx = self.base_ctx(false);
+                ctx.declare_var("var", var_obj.clone());
+                ctx.declare_var("local", Value::Object(self.local_values.clone()));
+                let (file, expr, sensitive) = {
+                    let l = &self.locals[&n];
+                    (l.file, l.expr.clone(), l.sensitive)
+                };
+                match self.eval(file, &expr, &ctx) {
+                    Some(v) => {
+                        self.local_values.insert(n.clone(), v);
+                        if sensitive {
+                            self.sensitive_locals.push(n.clone());
+                        }
+                        done.push(n);
+                    }
+                    None => failed.push(n),
+                }
+            }
+        }
+        for n in names
+            .iter()
+            .filter(|n| !done.contains(n) && !failed.contains(n))
+        {
+            let cycle: Vec<&str> = deps[n]
+                .iter()
+                .filter(|d| !done.contains(d))
+                .map(String::as_str)
+                .collect();
+            let span = self.locals[n].span.clone();
+            self.err(
+                format!(
+                    "local {n:?} depends on itself through local.{}",
+                    cycle.join(", local.")
+                ),
+                span,
+                Some("break the cycle: a local cannot refer back to itself".into()),
+            );
+        }
+    }
+
+    fn expand_builds(&mut self, var_obj: &Value) -> Vec<BuildPlan> {
+        let builds = std::mem::take(&mut self.builds);
+        let mut out = Vec::new();
+        for (file, b) in &builds {
+            self.check_keys(
+                *file,
+                &b.body,
+                &["name", "description", "sources"],
+                BUILD_BLOCKS,
+            );
+            let mut ctx = self.base_ctx(false);
+            ctx.declare_var("var", var_obj.clone());
+            ctx.declare_var("local", Value::Object(self.local_values.clone()));
+            let build_name = b
+                .body
+                .get_attribute("name")
+                .and_then(|a| self.eval(*file, &a.value.clone(), &ctx))
+                .and_then(|v| v.as_str().map(str::to_string));
+            // (source key, label span, override body, name override)
+            let mut instances: Vec<(String, Span, Option<Body>, Option<String>)> = Vec::new();
+            if let Some(a) = b.body.get_attribute("sources") {
+                let span = self.span(*file, a.value.span());
+                match self.eval(*file, &a.value.clone(), &ctx) {
+                    Some(Value::Array(items)) => {
+                        for item in items {
+                            match item.as_str() {
+                                Some(s) => instances.push((
+                                    s.strip_prefix("source.").unwrap_or(s).to_string(),
+                                    span.clone(),
+                                    None,
+                                    None,
+                                )),
+                                None => self.err(
+                                    "`sources` must be a list of strings like \"source.qemu.name\"",
+                                    span.clone(),
+                                    None,
+                                ),
+                            }
+                        }
+                    }
+                    Some(_) => self.err(
+                        "`sources` must be a list of strings like \"source.qemu.name\"",
+                        span,
+                        None,
+                    ),
+                    None => {}
+                }
+            }
+            for sb in b.body.get_blocks("source") {
+                let span = self.span(*file, sb.ident.span());
+                let Some(l) = self.labels(*file, sb, 1, "source \"source.qemu.name\" { ... }")
+                else {
+                    continue;
+                };
+                let key = l[0].strip_prefix("source.").unwrap_or(&l[0]).to_string();
+                let name = sb
+                    .body
+                    .get_attribute("name")
+                    .and_then(|a| self.eval(*file, &a.value.clone(), &ctx))
+                    .and_then(|v| v.as_str().map(str::to_string));
+                instances.push((key, span, Some(sb.body.clone()), name));
+            }
+            if instances.is_empty() {
+                let span = self.span(*file, b.ident.span());
+                self.err("build block names no sources", span, Some("add `sources = [\"source.qemu.NAME\"]` or a `source \"source.qemu.NAME\" { }` block".into()));
+            }
+            for (key, span, overrides, name_override) in instances {
+                let Some(src) = self.sources.get(&key) else {
+                    let hint = did_you_mean(&key, self.sources.keys().map(String::as_str))
+                        .map(|s| format!("did you mean source.{s}?"));
+                    self.err(
+                        format!("build refers to undeclared source {key:?}"),
+                        span,
+                        hint.or_else(|| {
+                            Some("declare it with `source \"TYPE\" \"NAME\" { ... }`".into())
+                        }),
+                    );
+                    continue;
+                };
+                let (kind, src_name, src_file, src_block) = (
+                    src.kind.clone(),
+                    src.name.clone(),
+                    src.file,
+                    src.block.clone(),
+                );
+                let name = name_override.unwrap_or(src_name);
+                let full_name = format!("{kind}.{name}");
+                if !self.selected(&full_name, build_name.as_deref()) {
+                    continue;
+                }
+                let mut bctx = self.base_ctx(false);
+                bctx.declare_var("var", var_obj.clone());
+                bctx.declare_var("local", Value::Object(self.local_values.clone()));
+                bctx.declare_var(
+                    "source",
+                    Value::from_iter([
+                        ("name", Value::from(name.clone())),
+                        ("type", Value::from(kind.clone())),
+                    ]),
+                );
+                bctx.declare_var(
+                    "build",
+                    build_object(build_name.as_deref().unwrap_or(&name)),
+                );
+                let mut attrs = self.eval_body(src_file, &src_block.body, &bctx);
+                if let Some(ob) = &overrides {
+                    self.check_duplicates(*file, ob);
+                    let mut o = self.eval_body(*file, ob, &bctx);
+                    o.shift_remove("name");
+                    attrs.extend(o);
+                }
+                let builder = Component {
+                    kind: kind.clone(),
+                    name: Some(name.clone()),
+                    span: self.span(src_file, src_block.ident.span()),
+                    attrs,
+                };
+                let provisioners = self.steps(*file, b, "provisioner", &full_name, &name, &bctx);
+                let error_cleanup = self
+                    .steps(
+                        *file,
+                        b,
+                        "error-cleanup-provisioner",
+                        &full_name,
+                        &name,
+                        &bctx,
+                    )
+                    .into_iter()
+                    .next();
+                let mut post_processors: Vec<Vec<Step>> = Vec::new();
+                for s in &b.body {
+                    if let Structure::Block(pb) = s {
+                        match pb.ident.as_str() {
+                            "post-processor" => {
+                                if let Some(step) = self.step(*file, pb, &full_name, &name, &bctx) {
+                                    post_processors.push(vec![step]);
+                                }
+                            }
+                            "post-processors" => {
+                                self.check_keys(*file, &pb.body, &[], &["post-processor"]);
+                                let chain: Vec<Step> = pb
+                                    .body
+                                    .get_blocks("post-processor")
+                                    .filter_map(|p| self.step(*file, p, &full_name, &name, &bctx))
+                                    .collect();
+                                if !chain.is_empty() {
+                                    post_processors.push(chain);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                out.push(BuildPlan {
+                    full_name,
+                    build_name: build_name.clone(),
+                    builder,
+                    provisioners,
+                    error_cleanup,
+                    post_processors,
+                });
+            }
+        }
+        self.builds = builds;
+        out
+    }
+
+    fn selected(&self, full_name: &str, build_name: Option<&str>) -> bool {
+        crate::selected(&self.opts.only, &self.opts.except, full_name, build_name)
+    }
+
+    fn steps(
+        &mut self,
+        file: usize,
+        b: &Block,
+        ident: &str,
+        full: &str,
+        name: &str,
+        ctx: &Context<'_>,
+    ) -> Vec<Step> {
+        let blocks: Vec<Block> = b.body.get_blocks(ident).cloned().collect();
+        blocks
+            .iter()
+            .filter_map(|p| self.step(file, p, full, name, ctx))
+            .collect()
+    }
+
+    /// A provisioner or post-processor for one build, or None when its only/except leave it out.
+    fn step(
+        &mut self,
+        file: usize,
+        p: &Block,
+        full: &str,
+        name: &str,
+        ctx: &Context<'_>,
+    ) -> Option<Step> {
+        let l = self.labels(
+            file,
+            p,
+            1,
+            &format!("{} \"TYPE\" {{ ... }}", p.ident.as_str()),
+        )?;
+        self.check_duplicates(file, &p.body);
+        let mut attrs = self.eval_body(file, &p.body, ctx);
+        let mut common = StepCommon::default();
+        let list = |v: Option<Attr>| -> Vec<String> {
+            v.and_then(|a| a.value.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|x| {
+                    x.as_str()
+                        .map(|s| s.strip_prefix("source.").unwrap_or(s).to_string())
+                })
+                .collect()
+        };
+        common.only = list(attrs.shift_remove("only"));
+        common.except = list(attrs.shift_remove("except"));
+        let matches = |pats: &[String]| pats.iter().any(|p| glob_match(p, full) || p == name);
+        if (!common.only.is_empty() && !matches(&common.only)) || matches(&common.except) {
+            return None;
+        }
+        let step_name = attrs
+            .shift_remove("name")
+            .and_then(|a| a.value.as_str().map(str::to_string));
+        common.pause_before = attrs
+            .shift_remove("pause_before")
+            .and_then(|a| a.value.as_str().map(str::to_string));
+        common.timeout = attrs
+            .shift_remove("timeout")
+            .and_then(|a| a.value.as_str().map(str::to_string));
+        if let Some(a) = attrs.shift_remove("max_retries") {
+            match a
+                .value
+                .as_u64()
+                .or_else(|| a.value.as_str().and_then(|s| s.parse().ok()))
+            {
+                Some(n) => common.max_retries = n as u32,
+                None => self.err("max_retries must be a whole number", a.span, None),
+            }
+        }
+        common.keep_input_artifact = attrs
+            .shift_remove("keep_input_artifact")
+            .and_then(|a| a.value.as_bool());
+        if let Some(ov) = attrs.shift_remove("override") {
+            if let Some(map) = ov.value.as_object() {
+                let chosen = map
+                    .get(full)
+                    .or_else(|| map.get(name))
+                    .or_else(|| map.get(&format!("source.{full}")));
+                if let Some(serde_json::Value::Object(o)) = chosen {
+                    for (k, v) in o {
+                        attrs.insert(
+                            k.clone(),
+                            Attr {
+                                value: v.clone(),
+                                span: ov.span.clone(),
+                            },
+                        );
+                    }
+                }
+            } else {
+                self.err(
+                    "`override` must be a map from source name to attributes",
+                    ov.span,
+                    None,
+                );
+            }
+        }
+        debug_assert!(COMMON_STEP_KEYS.len() == 8);
+        Some(Step {
+            component: Component {
+                kind: l[0].clone(),
+                name: step_name,
+                span: self.span(file, p.ident.span()),
+                attrs,
+            },
+            common,
+        })
+    }
+
+    /// Evaluates every attribute of a body; nested blocks become lists of objects.
+    fn eval_body(&mut self, file: usize, body: &Body, ctx: &Context<'_>) -> IndexMap<String, Attr> {
+        let mut out = IndexMap::new();
+        for s in body.iter() {
+            match s {
+                Structure::Attribute(a) => {
+                    let span = self.span(file, a.span());
+                    if let Some(v) = self.eval(file, &a.value, ctx) {
+                        out.insert(
+                            a.key.as_str().to_string(),
+                            Attr {
+                                value: to_json(&v),
+                                span,
+                            },
+                        );
+                    }
+                }
+                Structure::Block(nb) => {
+                    let span = self.span(file, nb.ident.span());
+                    let inner = self.eval_body(file, &nb.body, ctx);
+                    let mut obj: serde_json::Map<String, serde_json::Value> =
+                        inner.into_iter().map(|(k, a)| (k, a.value)).collect();
+                    for (i, l) in nb.labels.iter().enumerate() {
+                        obj.insert(format!("__label{i}"), serde_json::Value::from(l.as_str()));
+                    }
+                    let entry = out.entry(nb.ident.as_str().to_string()).or_insert(Attr {
+                        value: serde_json::Value::Array(Vec::new()),
+                        span,
+                    });
+                    if let serde_json::Value::Array(list) = &mut entry.value {
+                        list.push(serde_json::Value::Object(obj));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The `build` object: `build.name` is known now; the rest are filled in at run time, as Packer
+/// does, through Go-template placeholders.
+fn build_object(name: &str) -> Value {
+    let mut m = Map::new();
+    m.insert("name".into(), Value::from(name));
+    for key in [
+        "ID",
+        "Host",
+        "Port",
+        "User",
+        "Password",
+        "SSHPublicKey",
+        "SSHPrivateKey",
+        "PackerRunUUID",
+        "PackerHTTPAddr",
+        "PackerHTTPIP",
+        "PackerHTTPPort",
+    ] {
+        m.insert(key.into(), Value::from(format!("{{{{ .{key} }}}}")));
+    }
+    Value::Object(m)
+}
+
+fn collect_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if !s.is_empty() => out.push(s.clone()),
+        Value::Number(n) => out.push(n.to_string()),
+        Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+        Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
+        _ => {}
+    }
+}
+
+fn unknown_function_hint(msg: &str) -> Option<String> {
+    let rest = msg.split("undefined function `").nth(1)?;
+    let name = rest.split('`').next()?;
+    if name == "__try_failed" {
+        return Some("every argument of try() failed to evaluate".into());
+    }
+    if name == "env" {
+        return Some("env() is only allowed in variable defaults, as in Packer".into());
+    }
+    Some(match did_you_mean(name, funcs::NAMES.iter().copied()) {
+        Some(s) => format!("did you mean {s}()?"),
+        None => format!("kiln has no function {name}(); see docs/functions.md for the ones it has"),
+    })
+}

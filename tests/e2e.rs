@@ -1,0 +1,393 @@
+//! End-to-end builds on real QEMU guests (TCG) with a real SSH server inside. Each test checks the
+//! result on the disk kiln wrote, or that nothing was left behind.
+
+mod common;
+
+use common::{text, Ctx};
+use std::time::{Duration, Instant};
+
+fn hcl(ctx: &Ctx, name: &str, source_extra: &str, build_body: &str) -> String {
+    format!(
+        "{}\nbuild {{\n  sources = [\"source.qemu.{name}\"]\n{build_body}\n}}\n",
+        ctx.source(name, source_extra)
+    )
+}
+
+#[test]
+fn quickstart_builds_and_the_image_holds_the_provisioned_files() {
+    let ctx = Ctx::new("quickstart");
+    let tpl = common::repo().join("templates/quickstart.pkr.hcl");
+    let base = ctx.base.display().to_string();
+    let out = ctx.kiln(&[
+        "build",
+        "-var",
+        &format!("base_dir={base}"),
+        "-var",
+        "message=hello from the test",
+        tpl.to_str().unwrap_or_default(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let disk = ctx.dir.join("output-quickstart/quickstart.qcow2");
+    assert_eq!(
+        ctx.read_from_image(&disk, "/root/built.txt").as_deref(),
+        Some("hello from the test\n")
+    );
+    assert_eq!(
+        ctx.read_from_image(&disk, "/etc/motd").as_deref(),
+        Some("Welcome to an image built by kiln.\n")
+    );
+    // The exported image stands alone (no backing file into the work dir).
+    let info = std::process::Command::new("qemu-img")
+        .arg("info")
+        .arg(&disk)
+        .output()
+        .expect("qemu-img info");
+    assert!(
+        !String::from_utf8_lossy(&info.stdout).contains("backing file"),
+        "{}",
+        String::from_utf8_lossy(&info.stdout)
+    );
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ctx.dir.join("output-quickstart.manifest.json"))
+            .expect("manifest written"),
+    )
+    .expect("manifest is JSON");
+    assert_eq!(manifest["builds"][0]["name"], "quickstart");
+    assert!(manifest["builds"][0]["artifact_id"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("sha256:")));
+    assert!(
+        ctx.work_leftovers().is_empty(),
+        "work dir not cleaned: {:?}",
+        ctx.work_leftovers()
+    );
+    assert!(ctx.qemu_pids().is_empty());
+    // A second build into the same output directory is refused without -force.
+    let again = ctx.kiln(&[
+        "build",
+        "-var",
+        &format!("base_dir={base}"),
+        tpl.to_str().unwrap_or_default(),
+    ]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+}
+
+#[test]
+fn legacy_json_template_builds_the_same_image() {
+    let ctx = Ctx::new("json");
+    let tpl = common::repo().join("templates/quickstart.json");
+    let base = ctx.base.display().to_string();
+    let out = ctx.kiln(&[
+        "build",
+        "-var",
+        &format!("base_dir={base}"),
+        tpl.to_str().unwrap_or_default(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let disk = ctx.dir.join("output-quickstart/quickstart.qcow2");
+    assert_eq!(
+        ctx.read_from_image(&disk, "/root/built.txt").as_deref(),
+        Some("built by kiln\n")
+    );
+    assert_eq!(
+        ctx.read_from_image(&disk, "/etc/motd").as_deref(),
+        Some("Welcome to an image built by kiln.\n")
+    );
+}
+
+#[test]
+fn failing_provisioner_fails_the_build_and_leaves_nothing_behind() {
+    let ctx = Ctx::new("fail");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "fail",
+            "",
+            r#"  provisioner "shell" { inline = ["echo about to fail", "exit 3"] }"#,
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(s.contains("exited with status 3"), "{s}");
+    assert!(
+        s.contains("fail: about to fail"),
+        "provisioner output is attributed to its build: {s}"
+    );
+    assert!(
+        !ctx.dir.join("out-fail").exists(),
+        "no output for a failed build"
+    );
+    assert!(
+        ctx.qemu_pids().is_empty(),
+        "qemu left running: {:?}",
+        ctx.qemu_pids()
+    );
+    assert!(
+        ctx.work_leftovers().is_empty(),
+        "work dir left: {:?}",
+        ctx.work_leftovers()
+    );
+    let staging: Vec<_> = std::fs::read_dir(&ctx.dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("staging"))
+        .collect();
+    assert!(staging.is_empty());
+}
+
+#[test]
+fn ssh_timeout_names_the_reason_and_shows_the_console() {
+    let ctx = Ctx::new("sshtimeout");
+    // Nothing listens on guest port 2222: SSH can never connect.
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "nossh",
+            "  ssh_port = 2222\n  ssh_timeout = \"6s\"",
+            "",
+        ),
+    );
+    let started = Instant::now();
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(s.contains("timed out after 6s waiting for SSH"), "{s}");
+    assert!(s.contains("last reason"), "{s}");
+    assert!(
+        s.contains("kiln-base: ready"),
+        "the console's last lines are shown: {s}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(ctx.qemu_pids().is_empty());
+}
+
+fn wait_for(
+    child: &mut std::process::Child,
+    out: &std::path::Path,
+    needle: &str,
+    limit: Duration,
+) -> String {
+    let end = Instant::now() + limit;
+    loop {
+        let s = std::fs::read_to_string(out).unwrap_or_default();
+        if s.contains(needle) {
+            return s;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("kiln exited ({st}) before {needle:?}:\n{s}");
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {needle:?}:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn interrupt_mid_provisioner(signal: i32, expected_code: i32) {
+    let ctx = Ctx::new("sigint");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "sig",
+            "",
+            r#"  provisioner "shell" { inline = ["echo long-step-started", "sleep 60"] }"#,
+        ),
+    );
+    let log = ctx.dir.join("kiln.log");
+    let f = std::fs::File::create(&log).expect("log file");
+    let mut child = ctx
+        .cmd(&["build", t.to_str().unwrap_or_default()])
+        .stdout(f.try_clone().expect("dup"))
+        .stderr(f)
+        .spawn()
+        .expect("kiln starts");
+    wait_for(
+        &mut child,
+        &log,
+        "long-step-started",
+        Duration::from_secs(90),
+    );
+    assert_eq!(ctx.qemu_pids().len(), 1, "one guest runs during the step");
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, signal);
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            Instant::now() < end,
+            "kiln did not stop within 30s of the signal"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let s = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(expected_code), "{s}");
+    assert!(s.contains("interrupted"), "{s}");
+    assert!(
+        ctx.qemu_pids().is_empty(),
+        "qemu outlived the interrupted build"
+    );
+    assert!(
+        !ctx.dir.join("out-sig").exists(),
+        "no output for an interrupted build"
+    );
+    assert!(
+        ctx.work_leftovers().is_empty(),
+        "work dir left: {:?}",
+        ctx.work_leftovers()
+    );
+}
+
+#[test]
+fn sigint_during_a_provisioner_exits_130_and_cleans_up() {
+    interrupt_mid_provisioner(libc::SIGINT, 130);
+}
+
+#[test]
+fn sigterm_during_a_provisioner_exits_143_and_cleans_up() {
+    interrupt_mid_provisioner(libc::SIGTERM, 143);
+}
+
+#[test]
+fn sigkill_of_kiln_takes_qemu_with_it_and_the_next_build_works() {
+    let ctx = Ctx::new("sigkill");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "kill",
+            "",
+            r#"  provisioner "shell" { inline = ["echo long-step-started", "sleep 60"] }"#,
+        ),
+    );
+    let log = ctx.dir.join("kiln.log");
+    let f = std::fs::File::create(&log).expect("log file");
+    let mut child = ctx
+        .cmd(&["build", t.to_str().unwrap_or_default()])
+        .stdout(f.try_clone().expect("dup"))
+        .stderr(f)
+        .spawn()
+        .expect("kiln starts");
+    wait_for(
+        &mut child,
+        &log,
+        "long-step-started",
+        Duration::from_secs(90),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !ctx.qemu_pids().is_empty() {
+        assert!(
+            Instant::now() < end,
+            "qemu survived SIGKILL of kiln: {:?}",
+            ctx.qemu_pids()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!ctx.dir.join("out-kill").exists());
+    // The next build sweeps the dead run's scratch and succeeds.
+    let t2 = ctx.write(
+        "t2.pkr.hcl",
+        &hcl(
+            &ctx,
+            "kill",
+            "",
+            r#"  provisioner "shell" { inline = ["echo ok > /root/ok"] }"#,
+        ),
+    );
+    let out = ctx.kiln(&["build", t2.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        ctx.work_leftovers().is_empty(),
+        "stale work dirs remain: {:?}",
+        ctx.work_leftovers()
+    );
+    assert_eq!(
+        ctx.read_from_image(&ctx.dir.join("out-kill/disk.qcow2"), "/root/ok")
+            .as_deref(),
+        Some("ok\n")
+    );
+}
+
+#[test]
+fn expect_disconnect_survives_a_guest_reboot() {
+    let ctx = Ctx::new("reboot");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "reboot",
+            "",
+            r#"  provisioner "shell" {
+    inline            = ["cat /proc/sys/kernel/random/boot_id > /root/boot1", "sync", "reboot"]
+    expect_disconnect = true
+  }
+  provisioner "shell" {
+    inline = ["cat /proc/sys/kernel/random/boot_id > /root/boot2"]
+  }"#,
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let disk = ctx.dir.join("out-reboot/disk.qcow2");
+    let b1 = ctx
+        .read_from_image(&disk, "/root/boot1")
+        .expect("boot1 written before the reboot");
+    let b2 = ctx
+        .read_from_image(&disk, "/root/boot2")
+        .expect("boot2 written after the reboot");
+    assert_ne!(b1, b2, "the second provisioner ran in a new boot");
+}
+
+#[test]
+fn max_retries_reruns_a_failing_provisioner_and_files_download() {
+    let ctx = Ctx::new("retry");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "retry",
+            "",
+            r#"  provisioner "shell" {
+    inline      = ["if [ -f /root/attempt ]; then echo second-try; else touch /root/attempt; exit 7; fi"]
+    max_retries = 2
+  }
+  provisioner "file" {
+    direction   = "download"
+    source      = "/etc/hostname"
+    destination = "downloaded/"
+  }
+  provisioner "file" {
+    content     = "inline content\n"
+    destination = "/root/content.txt"
+  }"#,
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("retry 1/2"), "{s}");
+    assert!(s.contains("second-try"), "{s}");
+    assert_eq!(
+        std::fs::read_to_string(ctx.dir.join("downloaded/hostname"))
+            .ok()
+            .as_deref(),
+        Some("kiln-base\n")
+    );
+    let disk = ctx.dir.join("out-retry/disk.qcow2");
+    assert_eq!(
+        ctx.read_from_image(&disk, "/root/content.txt").as_deref(),
+        Some("inline content\n")
+    );
+}
