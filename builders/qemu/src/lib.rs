@@ -32,6 +32,7 @@ struct Settings {
     build: String,
     base_url: String,
     checksum: String,
+    disk_image: bool,
     use_backing_file: bool,
     disk_size: Option<u64>,
     format: String,
@@ -90,9 +91,6 @@ fn settings(build: &str, q: &QemuConfig, ssh: &SshOpts) -> std::result::Result<S
     let t = |o: &Option<kiln_core::config::Text>| o.as_ref().map(|t| t.0.clone());
     let flag = |o: Option<kiln_core::config::Flag>| o.is_some_and(|f| f.0);
     let disk_image = flag(q.disk_image);
-    if !disk_image {
-        return Err("installing from an ISO (disk_image = false) is not supported yet: set disk_image = true and point iso_url at a bootable disk image".into());
-    }
     let base_url = t(&q.iso_url)
         .or_else(|| {
             q.iso_urls
@@ -140,6 +138,7 @@ fn settings(build: &str, q: &QemuConfig, ssh: &SshOpts) -> std::result::Result<S
         build: build.to_string(),
         base_url,
         checksum: t(&q.iso_checksum).unwrap_or_else(|| "none".into()),
+        disk_image,
         use_backing_file: flag(q.use_backing_file),
         disk_size,
         format: t(&q.format).unwrap_or_else(|| "qcow2".into()),
@@ -268,6 +267,11 @@ impl Builder for QemuBuilder {
 
     fn preflight(&self, force: bool) -> Result<()> {
         let s = &self.s;
+        if !s.disk_image {
+            return Err(Error::failed(
+                "installing from an ISO (disk_image = false) is not supported yet: set disk_image = true and point iso_url at a bootable disk image",
+            ));
+        }
         if s.output_directory.exists() && !force {
             return Err(Error::failed(format!(
                 "output directory {} already exists: remove it or rerun with -force",
@@ -637,6 +641,9 @@ impl Machine for QemuMachine {
         std::fs::create_dir(&staging)
             .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
         let guard = StagingGuard(Some(staging.clone()));
+        // Marks the staging dir as ours, so a later kiln removes it if this one is killed.
+        std::fs::write(staging.join("kiln.pid"), std::process::id().to_string())
+            .map_err(|e| Error::io("cannot write to the staging directory", e))?;
         let target = staging.join(&self.s.vm_name);
         let t1 = Instant::now();
         if self.s.use_backing_file {

@@ -325,8 +325,7 @@ mod tests {
     #[test]
     fn unknown_option_suggests_nearest_name() {
         let c = comp(&[("memmory", 1.into())]);
-        let err = decode::<Cfg>(&c, &[])
-            .expect_err("unknown option rejected");
+        let err = decode::<Cfg>(&c, &[]).expect_err("unknown option rejected");
         let text = err.to_string();
         assert!(text.contains("unknown option \"memmory\""), "{text}");
         assert!(text.contains("did you mean `memory`?"), "{text}");

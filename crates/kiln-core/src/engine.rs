@@ -143,8 +143,15 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
     cancel.check()?;
     em.phase("shutdown");
     let mut artifact = machine.shutdown(em, cancel)?;
-    cancel.check()?;
-    publish(&mut artifact, opts.force)?;
+    if let Err(e) = cancel
+        .check()
+        .and_then(|()| publish(&mut artifact, opts.force))
+    {
+        if let Some((staging, _)) = artifact.staging.take() {
+            let _ = std::fs::remove_dir_all(staging);
+        }
+        return Err(e);
+    }
     em.emit(EventKind::Artifact {
         files: artifact
             .files
@@ -296,12 +303,12 @@ fn on_failure(
 
 /// Moves the staged output into its final place.
 fn publish(a: &mut Artifact, force: bool) -> Result<()> {
-    let Some((staging, target)) = a.staging.take() else {
+    let Some((staging, target)) = a.staging.clone() else {
         return Ok(());
     };
+    let _ = std::fs::remove_file(staging.join("kiln.pid"));
     if target.exists() {
         if !force {
-            let _ = std::fs::remove_dir_all(&staging);
             return Err(Error::failed(format!(
                 "output directory {} appeared while building; rerun with -force to replace it",
                 target.display()
@@ -316,6 +323,7 @@ fn publish(a: &mut Artifact, force: bool) -> Result<()> {
             e,
         )
     })?;
+    a.staging = None;
     a.files = a
         .files
         .iter()

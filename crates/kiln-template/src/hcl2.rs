@@ -151,10 +151,13 @@ impl<'o> Loader<'o> {
                 let loc = e.location();
                 let span = Span::from_offset(&arc, &text, loc.offset());
                 let msg = format!("syntax error: {}", e.message());
+                let hint = if e.message().contains("redefined attribute") {
+                    "an attribute may be set only once per block: remove one of the two"
+                } else {
+                    "check the brackets, quotes and `=` signs around this position"
+                };
                 self.diags
-                    .push(Diagnostic::error(msg, Some(span)).with_hint(
-                        "check the brackets, quotes and `=` signs around this position",
-                    ));
+                    .push(Diagnostic::error(msg, Some(span)).with_hint(hint));
                 None
             }
         }
@@ -597,7 +600,7 @@ impl<'o> Loader<'o> {
                             Err(msg) => {
                                 let s = self.span(file, a.value.span());
                                 self.err(format!("default of variable {name:?} does not match its type: {msg}"), s, None);
-                                None
+                                Some(v) // keep the raw default so "has no value" does not follow
                             }
                         }
                     }

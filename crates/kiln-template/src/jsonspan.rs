@@ -279,8 +279,7 @@ mod tests {
             n.to_json(),
             serde_json::json!({"a": [1, "x"], "b": {"c": null}})
         );
-        let e = parse("{\"a\": 1, \"a\": 2}")
-            .expect_err("duplicate rejected");
+        let e = parse("{\"a\": 1, \"a\": 2}").expect_err("duplicate rejected");
         assert!(e.message.contains("duplicate key \"a\""));
         assert_eq!(e.offset, 9);
     }

@@ -196,6 +196,8 @@ pub(crate) fn load(path: &Path, opts: &LoadOptions, root: PathBuf) -> (Option<Pl
     }
     for (name, offset, _) in &declared {
         if !user.contains_key(name) {
+            // An empty value keeps later {{user}} references from repeating this error.
+            user.insert(name.clone(), String::new());
             cx.err(
                 format!("required variable {name:?} has no value"),
                 *offset,

@@ -124,7 +124,11 @@ const DAYS: [&str; 7] = [
 /// Formats with a Go reference layout ("2006-01-02T15:04:05Z07:00"); UTC only.
 pub fn go_layout(layout: &str, secs: i64) -> String {
     let c = civil(secs);
-    let h12 = if c.hour.is_multiple_of(12) { 12 } else { c.hour % 12 };
+    let h12 = if c.hour.is_multiple_of(12) {
+        12
+    } else {
+        c.hour % 12
+    };
     // Longest tokens first so "2006" wins over "2" and "January" over "Jan".
     let tokens: [(&str, String); 22] = [
         ("January", MONTHS[c.month as usize - 1].to_string()),
@@ -170,7 +174,11 @@ pub fn go_layout(layout: &str, secs: i64) -> String {
 /// Formats with HCL's `formatdate` spec (YYYY, MM, DD, hh, mm, ss, EEE, MMM, ZZZ, 'literal').
 pub fn format_spec(spec: &str, secs: i64) -> Result<String, String> {
     let c = civil(secs);
-    let h12 = if c.hour.is_multiple_of(12) { 12 } else { c.hour % 12 };
+    let h12 = if c.hour.is_multiple_of(12) {
+        12
+    } else {
+        c.hour % 12
+    };
     let chars: Vec<char> = spec.chars().collect();
     let mut out = String::new();
     let mut i = 0;
