@@ -391,3 +391,118 @@ fn max_retries_reruns_a_failing_provisioner_and_files_download() {
         Some("inline content\n")
     );
 }
+
+#[test]
+fn http_content_directories_sftp_and_local_steps_work_together() {
+    let ctx = Ctx::new("features");
+    ctx.write("tree/a.txt", "file a\n");
+    ctx.write("tree/sub/b.sh", "#!/bin/sh\necho b\n");
+    std::fs::set_permissions(
+        ctx.dir.join("tree/sub/b.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .expect("chmod");
+    ctx.write("www/from-dir.txt", "served from http_directory\n");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "feat",
+            "  http_directory = \"www\"\n  http_content = { \"/seed\" = \"seed for ${source.name}\" }\n  ssh_file_transfer_method = \"sftp\"",
+            r#"  provisioner "shell" {
+    inline = [
+      "wget -qO /root/seed http://$PACKER_HTTP_ADDR/seed",
+      "wget -qO /root/from-dir http://$PACKER_HTTP_ADDR/from-dir.txt",
+      "echo \"$GREETING $PACKER_BUILD_NAME\" > /root/env",
+    ]
+    environment_vars = ["GREETING=hello there"]
+  }
+  provisioner "file" {
+    source      = "tree"
+    destination = "/opt"
+  }
+  provisioner "file" {
+    source      = "tree/"
+    destination = "/srv/contents"
+  }
+  provisioner "shell-local" {
+    inline = ["echo \"local $PACKER_BUILD_NAME $PACKER_BUILDER_TYPE\" > local-ran.txt"]
+  }"#,
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let disk = ctx.dir.join("out-feat/disk.qcow2");
+    assert_eq!(
+        ctx.read_from_image(&disk, "/root/seed").as_deref(),
+        Some("seed for feat")
+    );
+    assert_eq!(
+        ctx.read_from_image(&disk, "/root/from-dir").as_deref(),
+        Some("served from http_directory\n")
+    );
+    assert_eq!(
+        ctx.read_from_image(&disk, "/root/env").as_deref(),
+        Some("hello there feat\n")
+    );
+    assert_eq!(
+        ctx.read_from_image(&disk, "/opt/tree/a.txt").as_deref(),
+        Some("file a\n")
+    );
+    assert_eq!(
+        ctx.read_from_image(&disk, "/srv/contents/sub/b.sh")
+            .as_deref(),
+        Some("#!/bin/sh\necho b\n")
+    );
+    // File modes are kept.
+    let raw = ctx.dir.join("modes.raw");
+    assert!(std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&disk)
+        .arg(&raw)
+        .status()
+        .expect("qemu-img")
+        .success());
+    let stat = std::process::Command::new("debugfs")
+        .args(["-R", "stat /srv/contents/sub/b.sh"])
+        .arg(&raw)
+        .output()
+        .expect("debugfs");
+    assert!(
+        String::from_utf8_lossy(&stat.stdout).contains("Mode:  0750"),
+        "{}",
+        String::from_utf8_lossy(&stat.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ctx.dir.join("local-ran.txt"))
+            .ok()
+            .as_deref(),
+        Some("local feat qemu\n")
+    );
+}
+
+#[test]
+fn error_cleanup_provisioner_runs_when_a_step_fails() {
+    let ctx = Ctx::new("cleanupprov");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "ecp",
+            "",
+            r#"  provisioner "shell" { inline = ["exit 1"] }
+  error-cleanup-provisioner "shell-local" {
+    inline = ["echo cleaned > cleanup-ran.txt"]
+  }"#,
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(ctx.dir.join("cleanup-ran.txt"))
+            .ok()
+            .as_deref(),
+        Some("cleaned\n")
+    );
+    assert!(ctx.qemu_pids().is_empty());
+}

@@ -414,6 +414,7 @@ impl Builder for QemuBuilder {
                 libc::kill(pid as libc::pid_t, libc::SIGKILL);
             }
         });
+        em.phase("boot");
         em.say(format!("started qemu (pid {pid}, accelerator {accel})"));
         let died = |q: &mut Guarded| -> Error {
             let st = q

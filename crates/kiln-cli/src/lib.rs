@@ -369,7 +369,7 @@ fn build(
             .map(|a| a.id.clone())
             .unwrap_or_else(|| "-".into());
         println!(
-            "    {:<24} {:<12} {:<8.1}s {}",
+            "    {:<24} {:<12} {:>7.1}s  {}",
             o.name, status, o.seconds, id
         );
     }

@@ -50,10 +50,12 @@ impl Ui {
                 cancelled,
                 error,
                 seconds,
+                timings,
                 ..
             } => {
                 if *ok {
-                    format!("==> {b}: build finished in {seconds:.1}s")
+                    let t: Vec<String> = timings.iter().map(|(p, s)| format!("{p} {s:.2}s")).collect();
+                    format!("==> {b}: build finished in {seconds:.1}s ({})", t.join(", "))
                 } else if *cancelled {
                     format!("==> {b}: build interrupted after {seconds:.1}s; cleaned up")
                 } else {

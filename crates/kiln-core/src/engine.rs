@@ -105,6 +105,7 @@ fn run_job(job: Job, opts: &RunOptions, sink: Sink, cancel: &Cancel) -> Outcome 
         Err(e) => (false, Some(em.redact(&e.to_string())), None),
     };
     em.emit(EventKind::BuildFinished {
+        timings: em.timings(),
         ok,
         cancelled,
         error: error.clone(),

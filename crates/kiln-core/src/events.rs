@@ -2,7 +2,8 @@
 //! them (plain lines, a terminal display, JSON). Every string passes through redaction of
 //! sensitive values before it leaves the emitter.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use std::time::SystemTime;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub enum EventKind {
         id: String,
     },
     BuildFinished {
+        /// Seconds per phase.
+        timings: Vec<(String, f64)>,
         ok: bool,
         cancelled: bool,
         error: Option<String>,
@@ -61,6 +64,8 @@ pub struct Emitter {
     build: String,
     sink: Sink,
     secrets: Arc<Vec<String>>,
+    /// When each phase started, for the timing summary.
+    phases: Arc<Mutex<Vec<(String, Instant)>>>,
 }
 
 impl Emitter {
@@ -69,7 +74,22 @@ impl Emitter {
             build: build.into(),
             sink,
             secrets,
+            phases: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Seconds spent in each phase so far, in order (the last one up to now).
+    pub fn timings(&self) -> Vec<(String, f64)> {
+        let phases = self.phases.lock().map(|p| p.clone()).unwrap_or_default();
+        let now = Instant::now();
+        phases
+            .iter()
+            .enumerate()
+            .map(|(i, (name, start))| {
+                let end = phases.get(i + 1).map_or(now, |(_, s)| *s);
+                (name.clone(), end.duration_since(*start).as_secs_f64())
+            })
+            .collect()
     }
 
     pub fn build(&self) -> &str {
@@ -89,12 +109,14 @@ impl Emitter {
             EventKind::Output(l) => EventKind::Output(self.redact(&l)),
             EventKind::Waiting(l) => EventKind::Waiting(self.redact(&l)),
             EventKind::BuildFinished {
+                timings,
                 ok,
                 cancelled,
                 error,
                 seconds,
                 artifact,
             } => EventKind::BuildFinished {
+                timings,
                 ok,
                 cancelled,
                 error: error.map(|e| self.redact(&e)),
@@ -135,6 +157,9 @@ impl Emitter {
         });
     }
     pub fn phase(&self, p: &str) {
+        if let Ok(mut ph) = self.phases.lock() {
+            ph.push((p.to_string(), Instant::now()));
+        }
         self.emit(EventKind::Phase(p.to_string()));
     }
     pub fn output(&self, line: &str) {

@@ -52,6 +52,8 @@ pub type Liveness = Box<dyn Fn() -> Option<String> + Send>;
 pub struct SshComm {
     cfg: SshConfig,
     sess: Option<ssh2::Session>,
+    /// One SFTP channel per session: servers limit channels (dropbear allows 10).
+    sftp: Option<ssh2::Sftp>,
     op_timeout: Option<Duration>,
     cancel: Cancel,
     em: Emitter,
@@ -93,6 +95,7 @@ impl SshComm {
         let mut c = SshComm {
             cfg,
             sess: None,
+            sftp: None,
             op_timeout: None,
             cancel,
             em,
@@ -254,6 +257,7 @@ impl SshComm {
     }
 
     fn lost(&mut self, what: &str, e: impl std::fmt::Display) -> Error {
+        self.sftp = None;
         self.sess = None;
         if self.cancel.is_cancelled() {
             return Error::Cancelled;
@@ -333,6 +337,7 @@ impl SshComm {
         };
         sess.set_timeout(10_000);
         if let Err(e) = result {
+            self.sftp = None;
             self.sess = None;
             return Err(e);
         }
@@ -385,7 +390,10 @@ impl SshComm {
         mode: u32,
     ) -> std::result::Result<(), String> {
         let sess = self.ensure().map_err(|e| e.to_string())?.clone();
-        let sftp = sess.sftp().map_err(|e| e.message().to_string())?;
+        if self.sftp.is_none() {
+            self.sftp = Some(sess.sftp().map_err(|e| e.message().to_string())?);
+        }
+        let sftp = self.sftp.as_ref().ok_or("no sftp channel")?;
         let mut f = sftp
             .open_mode(
                 std::path::Path::new(remote),
@@ -495,6 +503,7 @@ impl Communicator for SshComm {
     }
 
     fn reset(&mut self) {
+        self.sftp = None;
         self.sess = None;
     }
 }
