@@ -62,15 +62,28 @@ fn quickstart_builds_and_the_image_holds_the_provisioned_files() {
         ctx.work_leftovers()
     );
     assert!(ctx.qemu_pids().is_empty());
-    // A second build into the same output directory is refused without -force.
+    // The same build again is a cache hit and leaves the output directory as it is.
     let again = ctx.kiln(&[
         "build",
         "-var",
         &format!("base_dir={base}"),
+        "-var",
+        "message=hello from the test",
         tpl.to_str().unwrap_or_default(),
     ]);
-    assert!(!again.status.success());
-    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("up to date"), "{}", text(&again));
+    // A different build into an output directory holding another image is refused without -force.
+    let other = ctx.kiln(&[
+        "build",
+        "-var",
+        &format!("base_dir={base}"),
+        "-var",
+        "message=changed",
+        tpl.to_str().unwrap_or_default(),
+    ]);
+    assert!(!other.status.success());
+    assert!(text(&other).contains("already exists"), "{}", text(&other));
 }
 
 #[test]

@@ -155,6 +155,25 @@ impl Provisioner for FileProv {
         "file"
     }
 
+    fn key_inputs(&self) -> Result<serde_json::Value> {
+        let mut sources = Vec::new();
+        for s in &self.sources {
+            // Uploads count by content (a generated source that is not there yet counts by name).
+            let digest = if !self.download && Path::new(s).exists() {
+                Some(kiln_core::digest_path(Path::new(s))?)
+            } else {
+                None
+            };
+            sources.push(serde_json::json!({"source": basename(s), "dir_contents": s.ends_with('/'), "digest": digest}));
+        }
+        Ok(serde_json::json!({
+            "sources": sources,
+            "content": self.content.as_ref().map(|c| kiln_template::sha256_hex(c.as_bytes())),
+            "destination": self.destination,
+            "download": self.download,
+        }))
+    }
+
     fn provision(&self, comm: Option<&mut dyn Communicator>, cx: &StepCx<'_>) -> Result<()> {
         let comm = comm.ok_or_else(|| {
             Error::failed(

@@ -216,6 +216,16 @@ impl Provisioner for ShellLocal {
     fn kind(&self) -> &str {
         "shell-local"
     }
+    fn key_inputs(&self) -> Result<serde_json::Value> {
+        let scripts: Vec<String> = self
+            .scripts
+            .iter()
+            .map(|(_, body)| kiln_template::sha256_hex(body.as_bytes()))
+            .collect();
+        Ok(
+            serde_json::json!({"scripts": scripts, "env": self.env, "execute_command": self.execute_command}),
+        )
+    }
     fn provision(&self, _comm: Option<&mut dyn Communicator>, cx: &StepCx<'_>) -> Result<()> {
         self.run(cx, &[])
     }
@@ -266,6 +276,10 @@ pub fn breakpoint(c: &Component) -> std::result::Result<Breakpoint, Diagnostics>
 impl Provisioner for Breakpoint {
     fn kind(&self) -> &str {
         "breakpoint"
+    }
+    fn key_inputs(&self) -> Result<serde_json::Value> {
+        // A pause changes nothing in the image.
+        Ok(serde_json::json!({}))
     }
     fn provision(&self, _comm: Option<&mut dyn Communicator>, cx: &StepCx<'_>) -> Result<()> {
         if self.disable {

@@ -262,6 +262,29 @@ impl Provisioner for Shell {
         "shell"
     }
 
+    fn key_inputs(&self) -> Result<serde_json::Value> {
+        let mut scripts = Vec::new();
+        for (name, body) in &self.scripts {
+            let digest = match body {
+                ScriptBody::Inline(s) => kiln_template::sha256_hex(s.as_bytes()),
+                ScriptBody::File(p) => kiln_core::digest_path(p)?,
+            };
+            scripts.push(serde_json::json!({"name": name, "digest": digest}));
+        }
+        Ok(serde_json::json!({
+            "scripts": scripts,
+            "env": self.env,
+            "env_var_format": self.env_var_format,
+            "execute_command": self.execute_command,
+            "expect_disconnect": self.expect_disconnect,
+            "valid_exit_codes": self.valid_exit_codes,
+            "remote_folder": self.remote_folder,
+            "remote_file": self.remote_file,
+            "remote_path": self.remote_path,
+            "skip_clean": self.skip_clean,
+        }))
+    }
+
     fn provision(&self, comm: Option<&mut dyn Communicator>, cx: &StepCx<'_>) -> Result<()> {
         let comm = comm.ok_or_else(|| {
             Error::failed(

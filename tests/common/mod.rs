@@ -74,6 +74,8 @@ impl Ctx {
         c.args(args)
             .current_dir(&self.dir)
             .env("KILN_WORK_DIR", &self.work)
+            .env("KILN_STORE", self.dir.join("store"))
+            .env_remove("KILN_FAILPOINT")
             .env_remove("PACKER_LOG")
             .env_remove("KILN_LOG")
             .stdin(Stdio::null());
@@ -169,6 +171,23 @@ impl Ctx {
             }
         }
         pids
+    }
+
+    /// A qemu wrapper that appends a line to `qemu-starts.log` for every VM started (not for the
+    /// accelerator probe) and runs the real qemu.
+    pub fn qemu_counter(&self) -> PathBuf {
+        let w = self.dir.join("qemu-wrapper");
+        let log = self.dir.join("qemu-starts.log");
+        std::fs::write(&w, format!("#!/bin/sh\ncase \"$*\" in *isa-debug-exit*|--version) ;; *) echo start >> {} ;; esac\nexec qemu-system-x86_64 \"$@\"\n", log.display())).expect("write wrapper");
+        std::fs::set_permissions(&w, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod wrapper");
+        w
+    }
+
+    pub fn qemu_starts(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("qemu-starts.log"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
     }
 
     /// Whether the work dir holds anything (every build's scratch must be gone after it).

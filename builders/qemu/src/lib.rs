@@ -70,6 +70,8 @@ struct Settings {
 
 pub struct QemuBuilder {
     s: Arc<Settings>,
+    /// sha256 of the base image, computed once for the cache key and reused by launch.
+    base_sha256: std::sync::OnceLock<String>,
 }
 
 /// Decodes and checks a `qemu` source. Returns the builder and its warnings.
@@ -84,7 +86,13 @@ pub fn from_component(
             Some(c.span.clone()),
         )])
     })?;
-    Ok((QemuBuilder { s: Arc::new(s) }, d.warnings))
+    Ok((
+        QemuBuilder {
+            s: Arc::new(s),
+            base_sha256: std::sync::OnceLock::new(),
+        },
+        d.warnings,
+    ))
 }
 
 fn settings(build: &str, q: &QemuConfig, ssh: &SshOpts) -> std::result::Result<Settings, String> {
@@ -265,6 +273,74 @@ impl Builder for QemuBuilder {
         "qemu"
     }
 
+    fn output(&self) -> (PathBuf, String) {
+        (self.s.output_directory.clone(), self.s.vm_name.clone())
+    }
+
+    fn key_inputs(&self) -> Result<serde_json::Value> {
+        let s = &self.s;
+        let base = image::resolve_url(&s.base_url)?;
+        let digest = match self.base_sha256.get() {
+            Some(d) => d.clone(),
+            None => {
+                let d = image::sha256_file(&base)?;
+                let _ = self.base_sha256.set(d.clone());
+                d
+            }
+        };
+        let file = |p: &Option<String>| -> Result<serde_json::Value> {
+            Ok(match p {
+                Some(p) => serde_json::Value::from(kiln_core::digest_path(Path::new(p))?),
+                None => serde_json::Value::Null,
+            })
+        };
+        // Arguments that name existing files count by content, not by path.
+        let arg = |a: &String| -> Result<String> {
+            let p = Path::new(a);
+            if (a.starts_with('/') || a.starts_with('.')) && p.is_file() {
+                return kiln_core::digest_path(p);
+            }
+            Ok(a.clone())
+        };
+        let qemuargs: Vec<Vec<String>> = s
+            .qemuargs
+            .iter()
+            .map(|v| v.iter().map(arg).collect::<Result<_>>())
+            .collect::<Result<_>>()?;
+        let extra: Vec<String> = s.extra_args.iter().map(arg).collect::<Result<_>>()?;
+        let http_dir = match &s.http_directory {
+            Some(d) if d.exists() => serde_json::Value::from(kiln_core::digest_path(d)?),
+            Some(d) => serde_json::Value::from(d.display().to_string()),
+            None => serde_json::Value::Null,
+        };
+        // Not here, because they do not change the disk: accelerator, timeouts, display,
+        // ports, output_directory, vm_name, qemu_binary, ssh credentials.
+        Ok(serde_json::json!({
+            "base": format!("sha256:{digest}"),
+            "use_backing_file": s.use_backing_file,
+            "disk_size": s.disk_size,
+            "format": s.format,
+            "disk_interface": s.disk_interface,
+            "disk_discard": s.disk_discard,
+            "disk_compression": s.compress,
+            "machine_type": s.machine_type,
+            "cpu_model": s.cpu_model,
+            "cpus": s.cpus,
+            "memory": s.memory,
+            "net_device": s.net_device,
+            "efi": s.efi.as_ref().map(|(c, v)| vec![file(&Some(c.clone())).ok(), file(&Some(v.clone())).ok()]),
+            "kernel": file(&s.kernel)?,
+            "initrd": file(&s.initrd)?,
+            "kernel_args": s.kernel_args,
+            "qemuargs": qemuargs,
+            "qemu_extra_args": extra,
+            "http_directory": http_dir,
+            "http_content": s.http_content,
+            "shutdown_command": s.shutdown_command,
+            "ssh_username": s.ssh.as_ref().map(|c| c.user.clone()),
+        }))
+    }
+
     fn preflight(&self, force: bool) -> Result<()> {
         let s = &self.s;
         if !s.disk_image {
@@ -272,12 +348,7 @@ impl Builder for QemuBuilder {
                 "installing from an ISO (disk_image = false) is not supported yet: set disk_image = true and point iso_url at a bootable disk image",
             ));
         }
-        if s.output_directory.exists() && !force {
-            return Err(Error::failed(format!(
-                "output directory {} already exists: remove it or rerun with -force",
-                s.output_directory.display()
-            )));
-        }
+        let _ = force; // the engine decides about output_directory (a cache hit may reuse it)
         let base = image::resolve_url(&s.base_url)?;
         if !base.is_file() {
             return Err(Error::failed(format!(
@@ -318,7 +389,11 @@ impl Builder for QemuBuilder {
         if s.checksum.eq_ignore_ascii_case("none") {
             em.warn("iso_checksum = \"none\": the base image is not verified");
         }
-        let base_sha256 = image::verify_checksum(&base, &s.checksum)?;
+        let base_sha256 = image::verify_checksum(
+            &base,
+            &s.checksum,
+            self.base_sha256.get().map(String::as_str),
+        )?;
         cancel.check()?;
         let info = image::info(&base)?;
         let overlay = wd.join("disk.qcow2");
@@ -585,7 +660,12 @@ impl Machine for QemuMachine {
         }
     }
 
-    fn shutdown(mut self: Box<Self>, em: &Emitter, cancel: &Cancel) -> Result<Artifact> {
+    fn shutdown(
+        mut self: Box<Self>,
+        em: &Emitter,
+        cancel: &Cancel,
+        dest: &Path,
+    ) -> Result<Artifact> {
         let t0 = Instant::now();
         let cmd = self.s.shutdown_command.clone();
         match (&cmd, self.comm.as_mut()) {
@@ -623,38 +703,17 @@ impl Machine for QemuMachine {
             t0.elapsed().as_secs_f64()
         ));
         em.phase("export");
-        let out = &self.s.output_directory;
-        let parent = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
-        kiln_core::workdir::sweep_stale(parent);
-        let staging = parent.join(format!(
-            ".{}.kiln-staging-{}",
-            out.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir(&staging)
-            .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
-        let guard = StagingGuard(Some(staging.clone()));
-        // Marks the staging dir as ours, so a later kiln removes it if this one is killed.
-        std::fs::write(staging.join("kiln.pid"), std::process::id().to_string())
-            .map_err(|e| Error::io("cannot write to the staging directory", e))?;
-        let target = staging.join(&self.s.vm_name);
+        let target = dest.join(&self.s.vm_name);
         let t1 = Instant::now();
         if self.s.use_backing_file {
+            em.warn("use_backing_file = true: the image refers to its base image by path and is not self-contained");
             std::fs::copy(&self.overlay, &target)
                 .map_err(|e| Error::io("cannot copy the overlay", e))?;
         } else {
             image::convert(&self.overlay, &target, &self.s.format, self.s.compress)?;
         }
-        let sha = image::sha256_file(&target)?;
         let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
+        let vsize = image::info(&target).map(|i| i.virtual_size).unwrap_or(0);
         em.say(format!(
             "exported {} ({} bytes, {}) in {:.2}s",
             self.s.vm_name,
@@ -666,33 +725,29 @@ impl Machine for QemuMachine {
         data.insert("format".into(), self.s.format.clone());
         data.insert("accelerator".into(), self.accel.clone());
         data.insert("base_sha256".into(), self.base_sha256.clone());
-        data.insert("disk_sha256".into(), sha.clone());
-        data.insert("disk_size".into(), size.to_string());
+        data.insert("base_source".into(), self.s.base_url.clone());
+        data.insert("virtual_size".into(), vsize.to_string());
+        data.insert("qemu_version".into(), qemu_version(&self.s.qemu_binary));
         data.insert("vm_name".into(), self.s.vm_name.clone());
-        let staging = guard.release();
         Ok(Artifact {
             builder_type: "qemu".into(),
             files: vec![target],
-            id: format!("sha256:{sha}"),
-            staging: Some((staging, out.clone())),
+            id: String::new(),
             data,
         })
     }
 }
 
-/// Removes a staging directory unless released.
-struct StagingGuard(Option<PathBuf>);
-
-impl StagingGuard {
-    fn release(mut self) -> PathBuf {
-        self.0.take().unwrap_or_default()
-    }
-}
-
-impl Drop for StagingGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
+fn qemu_version(bin: &str) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+        })
+        .unwrap_or_default()
 }

@@ -2,6 +2,7 @@
 //! command, prints, and maps results to exit codes: 0 success, 1 failure or invalid template,
 //! 2 wrong usage, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 
+mod images;
 mod prepare;
 mod signals;
 mod ui;
@@ -28,6 +29,9 @@ Packer's single-dash flags (-var, -only, -force, ...) work as written for Packer
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// The image store (default: $KILN_STORE, else $XDG_DATA_HOME/kiln/store)
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -92,6 +96,27 @@ enum Cmd {
     Inspect {
         #[command(flatten)]
         t: TemplateArgs,
+    },
+    /// List the images in the store
+    Images,
+    /// Rehash every blob of the given images (default: all) and name any corrupt one
+    Verify { images: Vec<String> },
+    /// Give an image another name
+    Tag { image: String, name: String },
+    /// Remove an image from the store's index (`kiln gc` frees its blobs)
+    Rm { image: String },
+    /// Remove blobs no image references
+    Gc,
+    /// Write an image's disk to a file
+    #[command(
+        after_help = "Examples:\n  kiln export quickstart -o quickstart.raw --format raw\n  kiln export sha256:1a2b3c -o disk.vmdk --format vmdk"
+    )]
+    Export {
+        image: String,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, default_value = "qcow2", value_parser = ["qcow2", "raw", "vmdk", "vdi", "vhdx"])]
+        format: String,
     },
     /// Print kiln's version
     Version,
@@ -167,7 +192,35 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Validate { t, syntax_only } => validate(&t, syntax_only),
-        Cmd::Inspect { t } => inspect(&t),
+        Cmd::Inspect { t } => {
+            let as_image = !t.template.exists() && t.vars.is_empty() && t.var_files.is_empty();
+            if as_image {
+                match images::open(&cli.store) {
+                    Ok(store) if store.resolve(&t.template.to_string_lossy()).is_ok() => {
+                        return images::inspect(&store, &t.template.to_string_lossy())
+                    }
+                    _ => {}
+                }
+            }
+            inspect(&t)
+        }
+        Cmd::Images => images::open(&cli.store).map_or_else(|c| c, |s| images::images(&s)),
+        Cmd::Verify { images: names } => {
+            images::open(&cli.store).map_or_else(|c| c, |s| images::verify(&s, &names))
+        }
+        Cmd::Tag { image, name } => {
+            images::open(&cli.store).map_or_else(|c| c, |s| images::tag(&s, &image, &name))
+        }
+        Cmd::Rm { image } => {
+            images::open(&cli.store).map_or_else(|c| c, |s| images::rm(&s, &image))
+        }
+        Cmd::Gc => images::open(&cli.store).map_or_else(|c| c, |s| images::gc(&s)),
+        Cmd::Export {
+            image,
+            output,
+            format,
+        } => images::open(&cli.store)
+            .map_or_else(|c| c, |s| images::export(&s, &image, &output, &format)),
         Cmd::Build {
             t,
             force,
@@ -175,7 +228,15 @@ pub fn main() -> ExitCode {
             parallel_builds,
             debug,
             timestamp_ui,
-        } => build(&t, force, &on_error, parallel_builds, debug, timestamp_ui),
+        } => build(
+            &t,
+            &cli.store,
+            force,
+            &on_error,
+            parallel_builds,
+            debug,
+            timestamp_ui,
+        ),
     }
 }
 
@@ -301,6 +362,7 @@ fn render_inspect(plan: &Plan) -> String {
 
 fn build(
     t: &TemplateArgs,
+    store: &Option<PathBuf>,
     force: bool,
     on_error: &str,
     parallel: usize,
@@ -345,18 +407,25 @@ fn build(
         let _ = std::io::stdin().read_line(&mut s);
         s.trim().chars().next().unwrap_or('c')
     });
+    let store = match images::open(store) {
+        Ok(s) => Arc::new(s),
+        Err(code) => return code,
+    };
     let run_opts = RunOptions {
         parallel,
         on_error,
         force,
         interactive,
         ask: Some(ask),
+        store,
     };
     let outcomes = engine::run(prepared.jobs, &run_opts, sink, &cancel);
     println!();
     println!("==> builds finished:");
     for o in &outcomes {
-        let status = if o.ok {
+        let status = if o.ok && o.cached {
+            "up to date"
+        } else if o.ok {
             "built"
         } else if o.cancelled {
             "interrupted"

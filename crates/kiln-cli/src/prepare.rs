@@ -109,6 +109,8 @@ fn job(b: &BuildPlan, plan: &Plan, run_uuid: &str, d: &mut Diagnostics) -> Optio
         post,
         secrets: Arc::new(plan.sensitive_values.clone()),
         template_dir: plan.root.clone(),
+        template_meta: template_meta(plan),
+        tag: b.source_name().to_string(),
     })
 }
 
@@ -141,4 +143,27 @@ pub fn prepare(path: &Path, opts: &LoadOptions, run_uuid: &str) -> Result<Prepar
         return Err(diags);
     }
     Ok(Prepared { jobs, diags })
+}
+
+/// What the image manifest records about the template: each file with its digest, and the
+/// variables (sensitive ones by name only).
+fn template_meta(plan: &Plan) -> serde_json::Value {
+    let vars: serde_json::Map<String, serde_json::Value> = plan
+        .variables
+        .iter()
+        .filter(|v| !v.sensitive)
+        .map(|v| (v.name.clone(), v.value.clone()))
+        .collect();
+    let sensitive: Vec<&str> = plan
+        .variables
+        .iter()
+        .filter(|v| v.sensitive)
+        .map(|v| v.name.as_str())
+        .collect();
+    serde_json::json!({
+        "format": plan.format,
+        "files": plan.files.iter().map(|f| serde_json::json!({"path": f.path.display().to_string(), "digest": format!("sha256:{}", f.sha256)})).collect::<Vec<_>>(),
+        "variables": vars,
+        "sensitiveVariables": sensitive,
+    })
 }

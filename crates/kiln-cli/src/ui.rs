@@ -54,8 +54,14 @@ impl Ui {
                 ..
             } => {
                 if *ok {
-                    let t: Vec<String> = timings.iter().map(|(p, s)| format!("{p} {s:.2}s")).collect();
-                    format!("==> {b}: build finished in {seconds:.1}s ({})", t.join(", "))
+                    let t: Vec<String> = timings
+                        .iter()
+                        .map(|(p, s)| format!("{p} {s:.2}s"))
+                        .collect();
+                    format!(
+                        "==> {b}: build finished in {seconds:.1}s ({})",
+                        t.join(", ")
+                    )
                 } else if *cancelled {
                     format!("==> {b}: build interrupted after {seconds:.1}s; cleaned up")
                 } else {

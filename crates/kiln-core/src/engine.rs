@@ -7,6 +7,7 @@ use crate::{
     Artifact, Builder, Cancel, Communicator, Emitter, Error, Machine, PostProcessor, Provisioner,
     Result, StepCx,
 };
+use kiln_store::Store;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,10 @@ pub struct Job {
     pub post: Vec<Vec<StepSpec<dyn PostProcessor>>>,
     pub secrets: Arc<Vec<String>>,
     pub template_dir: PathBuf,
+    /// What the template contributes to the image manifest (files and their digests, variables).
+    pub template_meta: serde_json::Value,
+    /// The tag the image gets in the store.
+    pub tag: String,
 }
 
 /// Asks the person at the terminal what to do after a failure: 'c'leanup, 'a'bort, 'r'etry.
@@ -49,6 +54,7 @@ pub struct RunOptions {
     pub force: bool,
     pub interactive: bool,
     pub ask: Option<AskFn>,
+    pub store: Arc<Store>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +65,8 @@ pub struct Outcome {
     pub error: Option<String>,
     pub artifact: Option<Artifact>,
     pub seconds: f64,
+    /// Whether the image came from the store without building.
+    pub cached: bool,
 }
 
 /// Runs every job, at most `parallel` at a time; returns one outcome per job, in job order.
@@ -112,6 +120,9 @@ fn run_job(job: Job, opts: &RunOptions, sink: Sink, cancel: &Cancel) -> Outcome 
         seconds,
         artifact: artifact.as_ref().map(|a| a.id.clone()),
     });
+    let cached = artifact
+        .as_ref()
+        .is_some_and(|a| a.data.get("cached").is_some_and(|c| c == "true"));
     Outcome {
         name: job.name,
         ok,
@@ -119,65 +130,336 @@ fn run_job(job: Job, opts: &RunOptions, sink: Sink, cancel: &Cancel) -> Outcome 
         error,
         artifact,
         seconds,
+        cached,
     }
 }
 
 fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<Artifact> {
+    let started = crate::now_rfc3339();
     job.builder.preflight(opts.force)?;
+    let (out_dir, vm_name) = job.builder.output();
+    em.phase("key");
+    let secret = opts.store.secret().map_err(store_err)?;
+    let key_inputs = cache_key_inputs(job)?;
+    let key = cache_key(&key_inputs, &job.secrets, &secret);
+    em.debug(format!("cache key {key}"));
+    if !opts.force {
+        if let Some(id) = opts.store.lookup_key(&key).map_err(store_err)? {
+            em.say(format!(
+                "up to date: image {} has the same inputs (cache key {}); nothing to build",
+                kiln_store::short(&id),
+                &key[..19.min(key.len())]
+            ));
+            let mut artifact = materialize(
+                &opts.store,
+                &id,
+                &out_dir,
+                &vm_name,
+                job.builder.kind(),
+                false,
+                em,
+            )?;
+            artifact.data.insert("cached".into(), "true".into());
+            post_process(job, opts, em, cancel, &BTreeMap::new(), &artifact)?;
+            return Ok(artifact);
+        }
+    }
+    if out_dir.exists() && !opts.force {
+        return Err(Error::failed(format!(
+            "output directory {} already exists: remove it or rerun with -force",
+            out_dir.display()
+        )));
+    }
     cancel.check()?;
     em.phase("launch");
     let mut machine = job.builder.launch(em, cancel)?;
     let vars = machine.vars().clone();
     em.phase("provision");
     let total = job.provisioners.len();
+    let mut records = Vec::new();
     for (i, p) in job.provisioners.iter().enumerate() {
         em.emit(EventKind::Step {
             index: i + 1,
             total,
             kind: p.label.clone(),
         });
+        let t = Instant::now();
         let r = run_provisioner(p, machine.as_mut(), job, opts, em, cancel, &vars);
         if let Err(e) = r {
             return Err(on_failure(e, machine, job, opts, em, cancel, &vars));
         }
+        records.push(serde_json::json!({
+            "type": p.step.kind(),
+            "name": p.label,
+            "inputs": key_inputs["provisioners"][i]["inputs"],
+            "exitStatus": 0,
+            "seconds": (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        }));
     }
     cancel.check()?;
     em.phase("shutdown");
-    let mut artifact = machine.shutdown(em, cancel)?;
-    if let Err(e) = cancel
-        .check()
-        .and_then(|()| publish(&mut artifact, opts.force))
-    {
-        if let Some((staging, _)) = artifact.staging.take() {
-            let _ = std::fs::remove_dir_all(staging);
-        }
-        return Err(e);
-    }
-    em.emit(EventKind::Artifact {
-        files: artifact
-            .files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect(),
-        id: artifact.id.clone(),
+    let tmp = opts.store.temp_dir().map_err(store_err)?;
+    let artifact = machine.shutdown(em, cancel, tmp.path())?;
+    cancel.check()?;
+    em.phase("store");
+    let disk = artifact
+        .files
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::failed("the builder produced no disk"))?;
+    let format = artifact
+        .data
+        .get("format")
+        .cloned()
+        .unwrap_or_else(|| "qcow2".into());
+    let mut config = serde_json::json!({
+        "schemaVersion": 1,
+        "mediaType": kiln_store::CONFIG_TYPE,
+        "name": job.name,
+        "cacheKey": key,
+        "disk": {"name": vm_name, "format": format, "virtualSize": artifact.data.get("virtual_size").and_then(|v| v.parse::<u64>().ok())},
+        "base": {"source": artifact.data.get("base_source"), "digest": artifact.data.get("base_sha256").map(|d| format!("sha256:{d}"))},
+        "template": job.template_meta,
+        "builder": {
+            "type": job.builder.kind(),
+            "inputs": key_inputs["builder"],
+            "qemuVersion": artifact.data.get("qemu_version"),
+            "accelerator": artifact.data.get("accelerator"),
+        },
+        "provisioners": records,
+        "kiln": {"version": env!("CARGO_PKG_VERSION")},
+        "startedAt": started,
+        "finishedAt": crate::now_rfc3339(),
+        "host": {"os": std::env::consts::OS, "arch": std::env::consts::ARCH, "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()},
     });
-    if !job.post.is_empty() {
-        em.phase("post-process");
+    // A last guard: nothing sensitive is ever written into the store.
+    let text = kiln_template::redact(&job.secrets, &config.to_string());
+    config = serde_json::from_str(&text).map_err(|e| Error::failed(format!("manifest: {e}")))?;
+    let media = format!("application/vnd.kiln.disk.{format}");
+    let (id, disk_ref) = opts
+        .store
+        .commit_image(&kiln_store::NewImage {
+            disk: &disk,
+            disk_media_type: &media,
+            disk_title: &vm_name,
+            config: &config,
+            cache_key: Some(&key),
+            tag: Some(&job.tag),
+            created: &crate::now_rfc3339(),
+        })
+        .map_err(store_err)?;
+    drop(tmp);
+    em.say(format!(
+        "stored image {} (disk {}, {} bytes)",
+        kiln_store::short(&id),
+        kiln_store::short(&disk_ref.digest),
+        disk_ref.size
+    ));
+    em.phase("publish");
+    let mut published = materialize(
+        &opts.store,
+        &id,
+        &out_dir,
+        &vm_name,
+        job.builder.kind(),
+        opts.force,
+        em,
+    )?;
+    published.data.extend(artifact.data);
+    post_process(job, opts, em, cancel, &vars, &published)?;
+    Ok(published)
+}
+
+fn store_err(e: kiln_store::StoreError) -> Error {
+    Error::failed(format!("image store: {e}"))
+}
+
+/// What decides whether an image must be rebuilt: the builder's disk-affecting inputs and every
+/// provisioner with the content digests of the files it uses.
+fn cache_key_inputs(job: &Job) -> Result<serde_json::Value> {
+    let mut provs = Vec::new();
+    for p in &job.provisioners {
+        provs.push(serde_json::json!({"type": p.step.kind(), "inputs": p.step.key_inputs()?}));
     }
-    let input = artifact.clone();
+    Ok(serde_json::json!({
+        "epoch": CACHE_EPOCH,
+        "builder": {"type": job.builder.kind(), "inputs": job.builder.key_inputs()?},
+        "provisioners": provs,
+    }))
+}
+
+/// Bump when what goes into a key changes meaning.
+const CACHE_EPOCH: &str = "kiln-cache-1";
+
+/// sha256 over canonical JSON (sorted keys). Sensitive values enter only as an HMAC under the
+/// store's secret, so the key reveals nothing about them.
+pub fn cache_key(inputs: &serde_json::Value, secrets: &[String], store_secret: &[u8]) -> String {
+    fn canon(v: &serde_json::Value, secrets: &[String], key: &[u8], out: &mut String) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String((*k).clone()).to_string());
+                    out.push(':');
+                    canon(&m[*k], secrets, key, out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    canon(x, secrets, key, out);
+                }
+                out.push(']');
+            }
+            serde_json::Value::String(s) => {
+                let mut s = s.clone();
+                for secret in secrets.iter().filter(|x| !x.is_empty()) {
+                    if s.contains(secret.as_str()) {
+                        s = s.replace(
+                            secret.as_str(),
+                            &format!("hmac:{}", kiln_store::hmac_sha256(key, secret.as_bytes())),
+                        );
+                    }
+                }
+                out.push_str(&serde_json::Value::String(s).to_string());
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = String::new();
+    canon(inputs, secrets, store_secret, &mut text);
+    use sha2::Digest as _;
+    format!(
+        "sha256:{}",
+        sha2::Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// Puts image `id`'s disk into output_directory (a copy, through a staging dir renamed into
+/// place). An existing output_directory that already holds this disk is left alone.
+fn materialize(
+    store: &Store,
+    id: &str,
+    out_dir: &std::path::Path,
+    vm_name: &str,
+    builder_type: &str,
+    force: bool,
+    em: &Emitter,
+) -> Result<Artifact> {
+    let m = store.read_json(id).map_err(store_err)?;
+    let layer = &m["layers"][0];
+    let digest = layer["digest"]
+        .as_str()
+        .ok_or_else(|| Error::failed(format!("image {id} has no disk layer")))?
+        .to_string();
+    let blob = store.blob_path(&digest);
+    store.verify_blob(&digest).map_err(store_err)?;
+    let target = out_dir.join(vm_name);
+    let mut data = BTreeMap::new();
+    data.insert(
+        "disk_sha256".to_string(),
+        digest.trim_start_matches("sha256:").to_string(),
+    );
+    data.insert(
+        "disk_size".to_string(),
+        layer["size"].as_u64().unwrap_or(0).to_string(),
+    );
+    data.insert("image_id".to_string(), id.to_string());
+    let artifact = Artifact {
+        builder_type: builder_type.to_string(),
+        files: vec![target.clone()],
+        id: id.to_string(),
+        data,
+    };
+    if out_dir.exists() {
+        let same =
+            target.is_file() && kiln_store::hash_file(&target).is_ok_and(|(d, _)| d == digest);
+        if same {
+            em.say(format!("{} already holds this image", out_dir.display()));
+            return Ok(artifact);
+        }
+        if !force {
+            return Err(Error::failed(format!("output directory {} already exists and holds another image: remove it or rerun with -force", out_dir.display())));
+        }
+    }
+    let parent = out_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+    crate::workdir::sweep_stale(parent);
+    let name = out_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = parent.join(format!(".{name}.kiln-staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir(&staging)
+        .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
+    let guard = crate::workdir::RemoveOnDrop::new(staging.clone());
+    std::fs::write(staging.join("kiln.pid"), std::process::id().to_string())
+        .map_err(|e| Error::io("cannot write to the staging directory", e))?;
+    let staged = staging.join(vm_name);
+    crate::workdir::copy_file(&blob, &staged)?;
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(|e| Error::io("cannot chmod the output image", e))?;
+    let _ = std::fs::remove_file(staging.join("kiln.pid"));
+    if out_dir.exists() {
+        std::fs::remove_dir_all(out_dir)
+            .map_err(|e| Error::io(format!("cannot remove {} (-force)", out_dir.display()), e))?;
+    }
+    std::fs::rename(&staging, out_dir).map_err(|e| {
+        Error::io(
+            format!("cannot move the image into {}", out_dir.display()),
+            e,
+        )
+    })?;
+    guard.disarm();
+    em.emit(EventKind::Artifact {
+        files: vec![target.display().to_string()],
+        id: id.to_string(),
+    });
+    Ok(artifact)
+}
+
+fn post_process(
+    job: &Job,
+    opts: &RunOptions,
+    em: &Emitter,
+    cancel: &Cancel,
+    vars: &BTreeMap<String, String>,
+    artifact: &Artifact,
+) -> Result<()> {
+    if job.post.is_empty() {
+        return Ok(());
+    }
+    em.phase("post-process");
     for chain in &job.post {
-        let mut current = input.clone();
+        let mut current = artifact.clone();
         for p in chain {
             cancel.check()?;
             if let Some(d) = p.pause_before {
                 cancel.sleep(d)?;
             }
             em.say(format!("running post-processor: {}", p.label));
-            let cx = step_cx(job, opts, em, cancel, &vars);
+            let cx = step_cx(job, opts, em, cancel, vars);
             current = p.step.process(&current, &cx)?;
         }
     }
-    Ok(artifact)
+    Ok(())
 }
 
 fn step_cx<'a>(
@@ -300,39 +582,4 @@ fn on_failure(
         drop(machine);
     }
     e
-}
-
-/// Moves the staged output into its final place.
-fn publish(a: &mut Artifact, force: bool) -> Result<()> {
-    let Some((staging, target)) = a.staging.clone() else {
-        return Ok(());
-    };
-    let _ = std::fs::remove_file(staging.join("kiln.pid"));
-    if target.exists() {
-        if !force {
-            return Err(Error::failed(format!(
-                "output directory {} appeared while building; rerun with -force to replace it",
-                target.display()
-            )));
-        }
-        std::fs::remove_dir_all(&target)
-            .map_err(|e| Error::io(format!("cannot remove {} (-force)", target.display()), e))?;
-    }
-    std::fs::rename(&staging, &target).map_err(|e| {
-        Error::io(
-            format!("cannot move the image into {}", target.display()),
-            e,
-        )
-    })?;
-    a.staging = None;
-    a.files = a
-        .files
-        .iter()
-        .map(|f| {
-            f.strip_prefix(&staging)
-                .map(|r| target.join(r))
-                .unwrap_or_else(|_| f.clone())
-        })
-        .collect();
-    Ok(())
 }

@@ -11,6 +11,54 @@ pub mod placeholders;
 pub mod process;
 pub mod workdir;
 
+/// Now, as RFC 3339 UTC.
+pub fn now_rfc3339() -> String {
+    kiln_template::timefmt::rfc3339(kiln_template::timefmt::now_unix())
+}
+
+/// Content digest of a file (`sha256:…`) or of a directory tree (paths, modes and contents).
+pub fn digest_path(p: &Path) -> Result<String> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(p).map_err(|e| Error::io(format!("cannot read {}", p.display()), e))?;
+    if meta.is_file() {
+        let (d, _) = kiln_store::hash_file(p).map_err(|e| Error::failed(e.to_string()))?;
+        return Ok(d);
+    }
+    let mut entries = Vec::new();
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?
+            .flatten()
+        {
+            let path = e.path();
+            let m = std::fs::metadata(&path)
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            let rel = path
+                .strip_prefix(p)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            if m.is_dir() {
+                entries.push(format!("d {rel} {:o}", m.permissions().mode() & 0o7777));
+                stack.push(path);
+            } else {
+                let (d, _) =
+                    kiln_store::hash_file(&path).map_err(|e| Error::failed(e.to_string()))?;
+                entries.push(format!("f {rel} {:o} {d}", m.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    entries.sort();
+    let h = sha2::Sha256::digest(entries.join("\n").as_bytes());
+    Ok(format!(
+        "sha256:{}",
+        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
 pub use cancel::Cancel;
 pub use error::{Error, IoContext, Result};
 pub use events::{Emitter, Event, EventKind, Level, Sink};
@@ -82,8 +130,8 @@ pub trait Machine: Send {
     fn vars(&self) -> &BTreeMap<String, String>;
     /// How a person reaches the guest (for -on-error=abort and -debug).
     fn access(&self) -> String;
-    /// Shuts the guest down cleanly and exports its disk to the staging directory.
-    fn shutdown(self: Box<Self>, em: &Emitter, cancel: &Cancel) -> Result<Artifact>;
+    /// Shuts the guest down cleanly and exports its disk into `dest` (a temp dir in the store).
+    fn shutdown(self: Box<Self>, em: &Emitter, cancel: &Cancel, dest: &Path) -> Result<Artifact>;
 }
 
 /// What a build produced.
@@ -94,9 +142,6 @@ pub struct Artifact {
     pub files: Vec<PathBuf>,
     /// A short identifier (the disk's sha256 for now; the image digest once the store lands).
     pub id: String,
-    /// Staging directory and its final name: renamed into place when the build succeeds, so
-    /// output_directory never holds a partial image.
-    pub staging: Option<(PathBuf, PathBuf)>,
     /// Extra facts for manifests (format, sizes, accelerator, ...).
     pub data: BTreeMap<String, String>,
 }
@@ -105,11 +150,18 @@ pub trait Builder: Send + Sync {
     fn kind(&self) -> &str;
     /// Checks that can fail before anything boots (output directory free, base image present).
     fn preflight(&self, force: bool) -> Result<()>;
+    /// output_directory and the disk's file name in it (vm_name).
+    fn output(&self) -> (PathBuf, String);
+    /// Everything that changes the disk: options and the content digests of the files they name
+    /// (base image, kernel, ...), never paths alone. Feeds the cache key.
+    fn key_inputs(&self) -> Result<serde_json::Value>;
     fn launch(&self, em: &Emitter, cancel: &Cancel) -> Result<Box<dyn Machine>>;
 }
 
 pub trait Provisioner: Send + Sync {
     fn kind(&self) -> &str;
+    /// Options and content digests of every local file it uploads or runs. Feeds the cache key.
+    fn key_inputs(&self) -> Result<serde_json::Value>;
     fn provision(&self, comm: Option<&mut dyn Communicator>, cx: &StepCx<'_>) -> Result<()>;
 }
 

@@ -74,3 +74,42 @@ pub fn sweep_stale(base: &Path) {
         }
     }
 }
+
+/// Removes a path when dropped, unless disarmed.
+pub struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    pub fn new(p: PathBuf) -> Self {
+        RemoveOnDrop(Some(p))
+    }
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(&p);
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Copies a file, as a reflink (copy-on-write clone) where the filesystem supports it. Never a
+/// hard link: a store blob must not share an inode with a file someone may boot and write.
+pub fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let src = std::fs::File::open(from).ctx(|| format!("cannot open {}", from.display()))?;
+    let dst = std::fs::File::create(to).ctx(|| format!("cannot create {}", to.display()))?;
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source descriptor as its argument; both descriptors are open.
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) };
+    if rc == 0 {
+        return Ok(());
+    }
+    drop(dst);
+    std::fs::copy(from, to)
+        .ctx(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! The content-addressed store end to end: builds skipped when nothing changed, rebuilt when an
+//! input did, read by skopeo, verified, shared by concurrent builds, and safe against SIGKILL.
+
+mod common;
+
+use common::{text, Ctx};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn template(ctx: &Ctx, name: &str, qemu: &std::path::Path, script: &str) -> std::path::PathBuf {
+    let src = ctx.source(name, &format!("  qemu_binary = \"{}\"", qemu.display()));
+    ctx.write(
+        &format!("{name}.pkr.hcl"),
+        &format!("{src}\nbuild {{\n  sources = [\"source.qemu.{name}\"]\n  provisioner \"shell\" {{\n    script = \"{script}\"\n  }}\n}}\n"),
+    )
+}
+
+fn store_blobs_match_their_names(store: &std::path::Path) {
+    for e in std::fs::read_dir(store.join("blobs/sha256"))
+        .expect("blobs dir")
+        .flatten()
+    {
+        let out = Command::new("sha256sum")
+            .arg(e.path())
+            .output()
+            .expect("sha256sum");
+        let sum = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(
+            sum,
+            e.file_name().to_string_lossy(),
+            "blob {} does not match its name",
+            e.path().display()
+        );
+    }
+}
+
+#[test]
+fn unchanged_rebuild_is_a_cache_hit_and_a_changed_script_rebuilds() {
+    let ctx = Ctx::new("cache");
+    let qemu = ctx.qemu_counter();
+    ctx.write("setup.sh", "#!/bin/sh\necho v1 > /root/version\n");
+    let t = template(&ctx, "cached", &qemu, "setup.sh");
+    let path = t.to_str().unwrap_or_default().to_string();
+    let first = ctx.kiln(&["build", &path]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert_eq!(ctx.qemu_starts(), 1);
+    let disk = ctx.dir.join("out-cached/disk.qcow2");
+    let digest1 = std::fs::read(&disk).expect("disk written");
+
+    // Same inputs, output dir gone: restored from the store, no VM.
+    std::fs::remove_dir_all(ctx.dir.join("out-cached")).expect("rm output");
+    let second = ctx.kiln(&["build", &path]);
+    let s = text(&second);
+    assert!(second.status.success(), "{s}");
+    assert!(s.contains("up to date"), "{s}");
+    assert_eq!(ctx.qemu_starts(), 1, "a cache hit starts no VM");
+    assert_eq!(std::fs::read(&disk).expect("disk restored"), digest1);
+
+    // Comments and formatting do not change the key.
+    let reformatted = std::fs::read_to_string(&t)
+        .expect("read")
+        .replace("  qemu_binary", "  # a comment\n  qemu_binary    ");
+    std::fs::write(&t, reformatted).expect("write");
+    let third = ctx.kiln(&["build", &path]);
+    assert!(
+        third.status.success() && text(&third).contains("up to date"),
+        "{}",
+        text(&third)
+    );
+    assert_eq!(ctx.qemu_starts(), 1);
+
+    // A changed script rebuilds.
+    ctx.write("setup.sh", "#!/bin/sh\necho v2 > /root/version\n");
+    let fourth = ctx.kiln(&["build", "-force", &path]);
+    assert!(fourth.status.success(), "{}", text(&fourth));
+    assert_eq!(ctx.qemu_starts(), 2);
+    assert_eq!(
+        ctx.read_from_image(&disk, "/root/version").as_deref(),
+        Some("v2\n")
+    );
+
+    // -force rebuilds even when nothing changed.
+    let fifth = ctx.kiln(&["build", "-force", &path]);
+    assert!(fifth.status.success(), "{}", text(&fifth));
+    assert_eq!(ctx.qemu_starts(), 3);
+
+    // The store: listed, verified, readable by skopeo with digests checked.
+    let store = ctx.dir.join("store");
+    let images = ctx.kiln(&["images"]);
+    assert!(text(&images).contains("cached"), "{}", text(&images));
+    let verify = ctx.kiln(&["verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:cached", store.display()))
+        .output()
+        .expect("skopeo runs (scripts/setup.sh installs it)");
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("manifest JSON");
+    assert_eq!(manifest["artifactType"], "application/vnd.kiln.image.v1");
+    assert_eq!(
+        manifest["layers"][0]["mediaType"],
+        "application/vnd.kiln.disk.qcow2"
+    );
+    let copy = Command::new("skopeo")
+        .args(["copy"])
+        .arg(format!("oci:{}:cached", store.display()))
+        .arg(format!("dir:{}", ctx.dir.join("copied").display()))
+        .output()
+        .expect("skopeo copy");
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("sha256:")
+        .to_string();
+    assert_eq!(
+        std::fs::read(ctx.dir.join("copied").join(&layer)).expect("layer copied"),
+        std::fs::read(&disk).expect("disk")
+    );
+
+    // inspect IMAGE shows the manifest: inputs by digest, never a path alone.
+    let insp = ctx.kiln(&["inspect", "cached"]);
+    let it = text(&insp);
+    assert!(insp.status.success(), "{it}");
+    assert!(it.contains("\"cacheKey\""), "{it}");
+    assert!(it.contains("\"base\""), "{it}");
+
+    // export to raw and read it back.
+    let raw_out = ctx.dir.join("exported.raw");
+    let ex = ctx.kiln(&[
+        "export",
+        "cached",
+        "-o",
+        raw_out.to_str().unwrap_or_default(),
+        "--format",
+        "raw",
+    ]);
+    assert!(ex.status.success(), "{}", text(&ex));
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /root/version"])
+        .arg(&raw_out)
+        .output()
+        .expect("debugfs");
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "v2\n");
+
+    // A flipped byte in the disk blob is found and named.
+    let blob = store.join("blobs/sha256").join(&layer);
+    std::fs::set_permissions(&blob, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let mut bytes = std::fs::read(&blob).expect("read blob");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&blob, bytes).expect("write blob");
+    let bad = ctx.kiln(&["verify"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad).contains(&layer), "{}", text(&bad));
+}
+
+#[test]
+fn two_builds_into_one_store_at_once_both_land() {
+    let ctx = Ctx::new("concurrent");
+    let qemu = ctx.qemu_counter();
+    ctx.write("a.sh", "#!/bin/sh\necho a > /root/who\n");
+    ctx.write("b.sh", "#!/bin/sh\necho b > /root/who\n");
+    let ta = template(&ctx, "ja", &qemu, "a.sh");
+    let tb = template(&ctx, "jb", &qemu, "b.sh");
+    let pa = ctx
+        .cmd(&["build", ta.to_str().unwrap_or_default()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn a");
+    let pb = ctx
+        .cmd(&["build", tb.to_str().unwrap_or_default()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn b");
+    let (oa, ob) = (
+        pa.wait_with_output().expect("a"),
+        pb.wait_with_output().expect("b"),
+    );
+    assert!(oa.status.success(), "{}", text(&oa));
+    assert!(ob.status.success(), "{}", text(&ob));
+    let images = text(&ctx.kiln(&["images"]));
+    assert!(images.contains("ja") && images.contains("jb"), "{images}");
+    assert!(ctx.kiln(&["verify"]).status.success());
+    store_blobs_match_their_names(&ctx.dir.join("store"));
+    assert_eq!(
+        ctx.read_from_image(&ctx.dir.join("out-ja/disk.qcow2"), "/root/who")
+            .as_deref(),
+        Some("a\n")
+    );
+    assert_eq!(
+        ctx.read_from_image(&ctx.dir.join("out-jb/disk.qcow2"), "/root/who")
+            .as_deref(),
+        Some("b\n")
+    );
+}
+
+#[test]
+fn sigkill_while_writing_into_the_store_leaves_no_bad_blob() {
+    let ctx = Ctx::new("storekill");
+    let qemu = ctx.qemu_counter();
+    ctx.write("s.sh", "#!/bin/sh\necho killed-run > /root/run\n");
+    let t = template(&ctx, "sk", &qemu, "s.sh");
+    let log = ctx.dir.join("kiln.log");
+    let f = std::fs::File::create(&log).expect("log");
+    let mut child = ctx
+        .cmd(&["build", t.to_str().unwrap_or_default()])
+        .env("KILN_FAILPOINT", "store-before-rename")
+        .stdout(f.try_clone().expect("dup"))
+        .stderr(f)
+        .spawn()
+        .expect("spawn");
+    // Wait until the disk sits hashed in the store's temp dir, not yet renamed.
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = std::fs::read_to_string(&log).unwrap_or_default();
+        if s.contains("exported disk.qcow2") {
+            std::thread::sleep(Duration::from_millis(500));
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "kiln ended early:\n{s}"
+        );
+        assert!(Instant::now() < end, "no export within 120s:\n{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let store = ctx.dir.join("store");
+    store_blobs_match_their_names(&store);
+    assert!(
+        !ctx.dir.join("out-sk").exists(),
+        "no output from a killed build"
+    );
+    let tmp_left: Vec<_> = std::fs::read_dir(store.join("tmp"))
+        .expect("tmp")
+        .flatten()
+        .collect();
+    assert!(
+        !tmp_left.is_empty(),
+        "the killed write left its temp dir (swept by the next kiln)"
+    );
+    // The next build succeeds, sweeps the dead temp dir, and the store verifies.
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        std::fs::read_dir(store.join("tmp"))
+            .expect("tmp")
+            .flatten()
+            .next()
+            .is_none(),
+        "stale temp dirs were swept"
+    );
+    assert!(ctx.kiln(&["verify"]).status.success());
+    store_blobs_match_their_names(&store);
+    assert!(ctx.qemu_pids().is_empty());
+}
