@@ -272,3 +272,124 @@ fn sigkill_while_writing_into_the_store_leaves_no_bad_blob() {
     store_blobs_match_their_names(&store);
     assert!(ctx.qemu_pids().is_empty());
 }
+
+#[test]
+fn post_processors_run_on_builds_and_on_cache_hits() {
+    let ctx = Ctx::new("post");
+    let qemu = ctx.qemu_counter();
+    ctx.write("s.sh", "#!/bin/sh\necho post > /root/post\n");
+    let src = ctx.source("pp", &format!("  qemu_binary = \"{}\"", qemu.display()));
+    let with_post = |post: &str| {
+        format!("{src}\nbuild {{\n  sources = [\"source.qemu.pp\"]\n  provisioner \"shell\" {{\n    script = \"s.sh\"\n  }}\n{post}\n}}\n")
+    };
+    let t = ctx.write(
+        "pp.pkr.hcl",
+        &with_post(
+            r#"  post-processor "checksum" {
+    checksum_types = ["sha1", "sha256"]
+    output         = "sums/{{.BuildName}}.{{.ChecksumType}}"
+  }
+  post-processors {
+    post-processor "compress" {
+      output              = "pp.tar.zst"
+      keep_input_artifact = true
+    }
+  }
+  post-processor "manifest" {
+    output = "manifest.json"
+  }"#,
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let disk = ctx.dir.join("out-pp/disk.qcow2");
+    let sha256 = Command::new("sha256sum")
+        .arg(&disk)
+        .output()
+        .expect("sha256sum");
+    let want = String::from_utf8_lossy(&sha256.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(
+        std::fs::read_to_string(ctx.dir.join("sums/pp.sha256")).expect("sha256 file"),
+        format!("{want}\tdisk.qcow2\n")
+    );
+    let sha1 = Command::new("sha1sum")
+        .arg(&disk)
+        .output()
+        .expect("sha1sum");
+    let want1 = String::from_utf8_lossy(&sha1.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert!(std::fs::read_to_string(ctx.dir.join("sums/pp.sha1"))
+        .expect("sha1 file")
+        .starts_with(&want1));
+    let list = Command::new("tar")
+        .args(["--zstd", "-tf"])
+        .arg(ctx.dir.join("pp.tar.zst"))
+        .output()
+        .expect("tar");
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "disk.qcow2");
+    assert!(disk.exists(), "keep_input_artifact = true keeps the disk");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ctx.dir.join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    let id = manifest["builds"][0]["artifact_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        text(&ctx.kiln(&["images"])).contains(&id[..19]),
+        "artifact_id is the image id"
+    );
+    assert_eq!(
+        manifest["builds"][0]["custom_data"]["kiln_disk_sha256"],
+        want
+    );
+
+    // Post-processors are not in the cache key: a new chain runs on the cached image, no VM.
+    std::fs::write(
+        &t,
+        with_post(
+            r#"  post-processor "vagrant" {
+    output = "boxes/{{.BuildName}}_{{.Provider}}.box"
+  }
+  post-processor "manifest" {
+    output = "manifest.json"
+  }"#,
+        ),
+    )
+    .expect("rewrite template");
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("up to date"), "{s}");
+    assert_eq!(ctx.qemu_starts(), 1);
+    let box_list = Command::new("tar")
+        .args(["-tzf"])
+        .arg(ctx.dir.join("boxes/pp_libvirt.box"))
+        .output()
+        .expect("tar");
+    let names = String::from_utf8_lossy(&box_list.stdout).to_string();
+    for f in ["box.img", "metadata.json", "Vagrantfile"] {
+        assert!(names.contains(f), "{f} in box: {names}");
+    }
+    assert!(
+        !disk.exists(),
+        "vagrant replaces its input unless keep_input_artifact = true"
+    );
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ctx.dir.join("manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(
+        manifest["builds"].as_array().map(Vec::len),
+        Some(2),
+        "manifest entries are appended per run"
+    );
+}

@@ -10,7 +10,8 @@ use kiln_core::{PostProcessor, Provisioner};
 use kiln_template::{did_you_mean, Component, Diagnostic, Diagnostics};
 
 pub const PROVISIONERS: &[&str] = &["shell", "file", "shell-local", "breakpoint"];
-pub const POST_PROCESSORS: &[&str] = &["manifest", "checksum", "compress", "shell-local"];
+pub const POST_PROCESSORS: &[&str] =
+    &["manifest", "checksum", "compress", "shell-local", "vagrant"];
 
 fn unknown(kind: &str, what: &str, known: &[&str], c: &Component) -> Diagnostics {
     let hint = did_you_mean(&c.kind, known.iter().copied()).map_or_else(
@@ -44,6 +45,7 @@ pub fn post_processor(
         "manifest" => Box::new(post::manifest(c, run_uuid)?),
         "checksum" => Box::new(post::checksum(c)?),
         "compress" => Box::new(post::compress(c)?),
+        "vagrant" => Box::new(post::vagrant(c)?),
         "shell-local" => Box::new(local::shell_local(c)?),
         other => return Err(unknown(other, "post-processor", POST_PROCESSORS, c)),
     })

@@ -143,7 +143,7 @@ pub struct Checksum {
     output: String,
 }
 
-const CHECKSUM_TYPES: &[&str] = &["md5", "sha224", "sha256", "sha384", "sha512"];
+const CHECKSUM_TYPES: &[&str] = &["md5", "sha1", "sha224", "sha256", "sha384", "sha512"];
 
 pub fn checksum(c: &Component) -> std::result::Result<Checksum, Diagnostics> {
     let cfg: ChecksumConfig = decode(c, &[])?;
@@ -217,6 +217,7 @@ impl PostProcessor for Checksum {
                         .cloned()
                         .map_or_else(|| digest_hex::<sha2::Sha256>(f), Ok)?,
                     "sha384" => digest_hex::<sha2::Sha384>(f)?,
+                    "sha1" => digest_hex::<sha1::Sha1>(f)?,
                     _ => digest_hex::<sha2::Sha512>(f)?,
                 };
                 text.push_str(&format!(
@@ -243,8 +244,22 @@ pub struct CompressConfig {
     pub keep_input_artifact: Option<Flag>,
 }
 
+/// Archive formats by output extension, as Packer's compress post-processor picks them.
+const COMPRESS_FORMATS: &[(&str, &str)] = &[
+    (".tar.gz", "tar.gz"),
+    (".tgz", "tar.gz"),
+    (".tar.zst", "tar.zst"),
+    (".tar.xz", "tar.xz"),
+    (".tar", "tar"),
+    (".gz", "gz"),
+    (".zst", "zst"),
+    (".xz", "xz"),
+    (".zip", "zip"),
+];
+
 pub struct Compress {
     output: String,
+    format: String,
     level: u64,
 }
 
@@ -254,25 +269,48 @@ pub fn compress(c: &Component) -> std::result::Result<Compress, Diagnostics> {
         || "packer_{{.BuildName}}_{{.BuilderType}}.tar.gz".into(),
         |t| t.0,
     );
-    let fmt = cfg.format.map(|t| t.0).unwrap_or_else(|| {
-        if output.ends_with(".gz") {
-            "gz".into()
-        } else {
-            String::new()
+    let by_ext = COMPRESS_FORMATS
+        .iter()
+        .find(|(ext, _)| output.ends_with(ext))
+        .map(|(_, f)| f.to_string());
+    let format = match cfg.format.map(|t| t.0.trim_start_matches('.').to_string()) {
+        Some(f) if COMPRESS_FORMATS.iter().any(|(_, x)| *x == f) => f,
+        Some(f) => {
+            return Err(Diagnostics(vec![Diagnostic::error(format!("compress format {f:?} is not supported"), Some(c.span_of("format").clone()))
+                .with_hint("use .gz, .tar.gz, .zst, .tar.zst, .xz, .tar.xz, .tar or .zip")]))
         }
-    });
-    if !(output.ends_with(".tar.gz") || output.ends_with(".tgz") || output.ends_with(".gz"))
-        || !(fmt.is_empty() || fmt == "gz" || fmt == "tar.gz" || fmt == ".gz" || fmt == ".tar.gz")
-    {
-        return Err(Diagnostics(vec![Diagnostic::error(
-            "compress: only gzip output (.gz, .tar.gz, .tgz) is supported so far",
-            Some(c.span_of("output").clone()),
-        )]));
-    }
+        None => match by_ext {
+            Some(f) => f,
+            None => {
+                return Err(Diagnostics(vec![Diagnostic::error(format!("cannot tell the compression format from {output:?}"), Some(c.span_of("output").clone()))
+                    .with_hint("end output with .gz, .tar.gz, .zst, .tar.zst, .xz, .tar.xz, .tar or .zip, or set format")]))
+            }
+        },
+    };
     Ok(Compress {
         output,
+        format,
         level: cfg.compression_level.map_or(6, |n| n.0.clamp(1, 9)),
     })
+}
+
+fn run_sh(script: &str, what: &str) -> Result<()> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .map_err(|e| Error::io(format!("cannot run {what}"), e))?;
+    if !out.status.success() {
+        return Err(Error::failed(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn q(p: &Path) -> String {
+    kiln_ssh::shell_quote(&p.display().to_string())
 }
 
 impl PostProcessor for Compress {
@@ -280,43 +318,206 @@ impl PostProcessor for Compress {
         "compress"
     }
 
+    fn keeps_input_by_default(&self) -> bool {
+        false
+    }
+
     fn process(&self, a: &Artifact, cx: &StepCx<'_>) -> Result<Artifact> {
         let mut vars = cx.vars.clone();
         vars.insert("BuildName".into(), cx.build_name.to_string());
         vars.insert("BuilderType".into(), cx.builder_type.to_string());
         let out = PathBuf::from(fill(&self.output, &vars));
+        if let Some(d) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
+        }
         let tmp = out.with_extension("kiln-part");
-        let tar = self.output.ends_with(".tar.gz") || self.output.ends_with(".tgz");
-        let mut cmd = std::process::Command::new("sh");
-        let files = a
+        let files: Vec<String> = a.files.iter().map(|f| q(f)).collect();
+        let l = self.level;
+        let (t, fl) = (q(&tmp), files.join(" "));
+        // Archives hold the files by name, next to each other, as Packer's do.
+        let tar_names: Vec<String> = a
             .files
             .iter()
-            .map(|f| kiln_ssh::shell_quote(&f.display().to_string()))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let script = if tar {
-            format!(
-                "tar -cf - {files} | gzip -{} > {}",
-                self.level,
-                kiln_ssh::shell_quote(&tmp.display().to_string())
-            )
-        } else {
-            format!(
-                "cat {files} | gzip -{} > {}",
-                self.level,
-                kiln_ssh::shell_quote(&tmp.display().to_string())
-            )
+            .map(|f| {
+                format!(
+                    "-C {} {}",
+                    q(f.parent().unwrap_or(Path::new("."))),
+                    q(Path::new(f.file_name().unwrap_or_default()))
+                )
+            })
+            .collect();
+        let tn = tar_names.join(" ");
+        let script = match self.format.as_str() {
+            "tar.gz" => format!("tar -cf - {tn} | gzip -{l} > {t}"),
+            "tar.zst" => format!("tar -cf - {tn} | zstd -q -{l} -o {t}"),
+            "tar.xz" => format!("tar -cf - {tn} | xz -{l} > {t}"),
+            "tar" => format!("tar -cf {t} {tn}"),
+            "gz" => format!("cat {fl} | gzip -{l} > {t}"),
+            "zst" => format!("cat {fl} | zstd -q -{l} -o {t}"),
+            "xz" => format!("cat {fl} | xz -{l} > {t}"),
+            _ => format!("rm -f {t} && zip -q -j -{l} {t} {fl}"),
         };
-        cmd.args(["-c", &script]);
-        let st = cmd.status().map_err(|e| Error::io("cannot run gzip", e))?;
-        if !st.success() {
+        let r = run_sh(&script, &format!("compress ({})", self.format));
+        if r.is_err() {
             let _ = std::fs::remove_file(&tmp);
-            return Err(Error::failed(format!("compress failed ({st})")));
+            r?;
         }
         std::fs::rename(&tmp, &out)
             .map_err(|e| Error::io(format!("cannot write {}", out.display()), e))?;
         cx.em.say(format!("compressed to {}", out.display()));
         Ok(Artifact {
+            files: vec![out],
+            ..a.clone()
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct VagrantConfig {
+    pub output: Option<Text>,
+    pub compression_level: Option<Num>,
+    pub include: Option<Vec<Text>>,
+    pub vagrantfile_template: Option<Text>,
+    pub vagrantfile_template_generated: Option<Flag>,
+    pub provider_override: Option<Text>,
+    pub keep_input_artifact: Option<Flag>,
+    pub architecture: Option<Text>,
+}
+
+/// The `vagrant` post-processor: a box for the libvirt provider (box.img, metadata.json,
+/// Vagrantfile, in a gzipped tar).
+pub struct Vagrant {
+    output: String,
+    level: u64,
+    include: Vec<PathBuf>,
+    template: Option<PathBuf>,
+}
+
+pub fn vagrant(c: &Component) -> std::result::Result<Vagrant, Diagnostics> {
+    let cfg: VagrantConfig = decode(c, &[])?;
+    let mut d = Diagnostics::default();
+    if let Some(p) = cfg.provider_override.as_deref() {
+        if p != "libvirt" {
+            d.push(Diagnostic::error(
+                format!("provider_override {p:?}: kiln makes libvirt boxes only"),
+                Some(c.span_of("provider_override").clone()),
+            ));
+        }
+    }
+    let include: Vec<PathBuf> = cfg
+        .include
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| PathBuf::from(t.0))
+        .collect();
+    for f in &include {
+        if !f.is_file() {
+            d.push(Diagnostic::error(
+                format!("include file {} does not exist", f.display()),
+                Some(c.span_of("include").clone()),
+            ));
+        }
+    }
+    let template = cfg.vagrantfile_template.map(|t| PathBuf::from(t.0));
+    if let Some(t) = &template {
+        if !t.is_file() && !cfg.vagrantfile_template_generated.is_some_and(|g| g.0) {
+            d.push(Diagnostic::error(
+                format!("vagrantfile_template {} does not exist", t.display()),
+                Some(c.span_of("vagrantfile_template").clone()),
+            ));
+        }
+    }
+    if d.has_errors() {
+        return Err(d);
+    }
+    Ok(Vagrant {
+        output: cfg
+            .output
+            .map_or_else(|| "packer_{{.BuildName}}_{{.Provider}}.box".into(), |t| t.0),
+        level: cfg.compression_level.map_or(6, |n| n.0.clamp(1, 9)),
+        include,
+        template,
+    })
+}
+
+const DEFAULT_VAGRANTFILE: &str = "Vagrant.configure(\"2\") do |config|\n  config.vm.provider :libvirt do |libvirt|\n    libvirt.driver = \"kvm\"\n  end\nend\n";
+
+impl PostProcessor for Vagrant {
+    fn kind(&self) -> &str {
+        "vagrant"
+    }
+
+    fn keeps_input_by_default(&self) -> bool {
+        false
+    }
+
+    fn process(&self, a: &Artifact, cx: &StepCx<'_>) -> Result<Artifact> {
+        let disk = a
+            .files
+            .first()
+            .ok_or_else(|| Error::failed("vagrant: the build produced no disk"))?;
+        if a.data.get("format").is_some_and(|f| f != "qcow2") {
+            return Err(Error::failed(
+                "vagrant: libvirt boxes need a qcow2 disk; set format = \"qcow2\"",
+            ));
+        }
+        let mut vars = cx.vars.clone();
+        vars.insert("BuildName".into(), cx.build_name.to_string());
+        vars.insert("BuilderType".into(), cx.builder_type.to_string());
+        vars.insert("Provider".into(), "libvirt".into());
+        vars.insert("ArtifactId".into(), "libvirt".into());
+        let out = PathBuf::from(fill(&self.output, &vars));
+        let dir = std::env::temp_dir().join(format!(
+            "kiln-box-{}-{}",
+            std::process::id(),
+            kiln_template::funcs::uuidv4()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("cannot create the box directory", e))?;
+        let _cleanup = crate::local::RemoveOnDrop(dir.clone());
+        kiln_core::workdir::copy_file(disk, &dir.join("box.img"))?;
+        let vsize: u64 = a
+            .data
+            .get("virtual_size")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let gib = vsize.div_ceil(1 << 30).max(1);
+        let meta =
+            serde_json::json!({"provider": "libvirt", "format": "qcow2", "virtual_size": gib});
+        std::fs::write(dir.join("metadata.json"), meta.to_string())
+            .map_err(|e| Error::io("cannot write metadata.json", e))?;
+        let vf = match &self.template {
+            Some(t) => std::fs::read_to_string(t)
+                .map_err(|e| Error::io(format!("cannot read {}", t.display()), e))?,
+            None => DEFAULT_VAGRANTFILE.to_string(),
+        };
+        std::fs::write(dir.join("Vagrantfile"), vf)
+            .map_err(|e| Error::io("cannot write Vagrantfile", e))?;
+        for f in &self.include {
+            kiln_core::workdir::copy_file(f, &dir.join(f.file_name().unwrap_or_default()))?;
+        }
+        if let Some(d) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
+        }
+        let tmp = out.with_extension("kiln-part");
+        run_sh(
+            &format!(
+                "tar -C {} -cf - . | gzip -{} > {}",
+                q(&dir),
+                self.level,
+                q(&tmp)
+            ),
+            "vagrant box",
+        )?;
+        std::fs::rename(&tmp, &out)
+            .map_err(|e| Error::io(format!("cannot write {}", out.display()), e))?;
+        cx.em
+            .say(format!("wrote vagrant box {} (libvirt)", out.display()));
+        Ok(Artifact {
+            builder_type: "vagrant".into(),
             files: vec![out],
             ..a.clone()
         })

@@ -72,6 +72,8 @@ pub struct QemuBuilder {
     s: Arc<Settings>,
     /// sha256 of the base image, computed once for the cache key and reused by launch.
     base_sha256: std::sync::OnceLock<String>,
+    /// `qemu --version`, read once in preflight for the manifest.
+    qemu_version: std::sync::OnceLock<String>,
 }
 
 /// Decodes and checks a `qemu` source. Returns the builder and its warnings.
@@ -90,6 +92,7 @@ pub fn from_component(
         QemuBuilder {
             s: Arc::new(s),
             base_sha256: std::sync::OnceLock::new(),
+            qemu_version: std::sync::OnceLock::new(),
         },
         d.warnings,
     ))
@@ -283,7 +286,9 @@ impl Builder for QemuBuilder {
         let digest = match self.base_sha256.get() {
             Some(d) => d.clone(),
             None => {
-                let d = image::sha256_file(&base)?;
+                let d = kiln_core::digest_path(&base)?
+                    .trim_start_matches("sha256:")
+                    .to_string();
                 let _ = self.base_sha256.set(d.clone());
                 d
             }
@@ -363,17 +368,16 @@ impl Builder for QemuBuilder {
                 }
             }
         }
-        if Command::new(&s.qemu_binary)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_err()
-        {
-            return Err(Error::failed(format!(
-                "{} is not installed: apt-get install qemu-system-x86 qemu-utils",
-                s.qemu_binary
-            )));
+        match qemu_version(&s.qemu_binary) {
+            Some(v) => {
+                let _ = self.qemu_version.set(v);
+            }
+            None => {
+                return Err(Error::failed(format!(
+                    "{} is not installed: apt-get install qemu-system-x86 qemu-utils",
+                    s.qemu_binary
+                )))
+            }
         }
         Ok(())
     }
@@ -565,6 +569,8 @@ impl Builder for QemuBuilder {
             console,
             accel,
             base_sha256,
+            virtual_size: size.unwrap_or(info.virtual_size),
+            qemu_version: self.qemu_version.get().cloned().unwrap_or_default(),
             work,
         }))
     }
@@ -606,6 +612,8 @@ struct QemuMachine {
     console: PathBuf,
     accel: String,
     base_sha256: String,
+    virtual_size: u64,
+    qemu_version: String,
     work: WorkDir,
 }
 
@@ -713,7 +721,7 @@ impl Machine for QemuMachine {
             image::convert(&self.overlay, &target, &self.s.format, self.s.compress)?;
         }
         let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
-        let vsize = image::info(&target).map(|i| i.virtual_size).unwrap_or(0);
+        let vsize = self.virtual_size;
         em.say(format!(
             "exported {} ({} bytes, {}) in {:.2}s",
             self.s.vm_name,
@@ -727,7 +735,7 @@ impl Machine for QemuMachine {
         data.insert("base_sha256".into(), self.base_sha256.clone());
         data.insert("base_source".into(), self.s.base_url.clone());
         data.insert("virtual_size".into(), vsize.to_string());
-        data.insert("qemu_version".into(), qemu_version(&self.s.qemu_binary));
+        data.insert("qemu_version".into(), self.qemu_version.clone());
         data.insert("vm_name".into(), self.s.vm_name.clone());
         Ok(Artifact {
             builder_type: "qemu".into(),
@@ -738,16 +746,18 @@ impl Machine for QemuMachine {
     }
 }
 
-fn qemu_version(bin: &str) -> String {
-    Command::new(bin)
+fn qemu_version(bin: &str) -> Option<String> {
+    let o = Command::new(bin)
         .arg("--version")
+        .stderr(Stdio::null())
         .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(|l| l.trim().to_string())
-        })
-        .unwrap_or_default()
+        .ok()?;
+    Some(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+    )
 }

@@ -37,6 +37,7 @@ fn step_spec<T: ?Sized>(s: &Step, step: Box<T>, d: &mut Diagnostics) -> StepSpec
         pause_before,
         max_retries: s.common.max_retries,
         timeout,
+        keep_input_artifact: s.common.keep_input_artifact,
         step,
     }
 }

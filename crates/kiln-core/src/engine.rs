@@ -27,6 +27,8 @@ pub struct StepSpec<T: ?Sized> {
     pub pause_before: Option<Duration>,
     pub max_retries: u32,
     pub timeout: Option<Duration>,
+    /// keep_input_artifact as the template set it (post-processors).
+    pub keep_input_artifact: Option<bool>,
     pub step: Box<T>,
 }
 
@@ -390,7 +392,9 @@ fn materialize(
             em.say(format!("{} already holds this image", out_dir.display()));
             return Ok(artifact);
         }
-        if !force {
+        // An empty directory (e.g. a post-processor took the disk away) is simply refilled.
+        let empty = std::fs::read_dir(out_dir).is_ok_and(|mut d| d.next().is_none());
+        if !force && !empty {
             return Err(Error::failed(format!("output directory {} already exists and holds another image: remove it or rerun with -force", out_dir.display())));
         }
     }
@@ -456,7 +460,18 @@ fn post_process(
             }
             em.say(format!("running post-processor: {}", p.label));
             let cx = step_cx(job, opts, em, cancel, vars);
-            current = p.step.process(&current, &cx)?;
+            let next = p.step.process(&current, &cx)?;
+            // As in Packer: a post-processor that replaces its input removes it unless
+            // keep_input_artifact = true. The image itself stays in the store either way.
+            if !p
+                .keep_input_artifact
+                .unwrap_or_else(|| p.step.keeps_input_by_default())
+            {
+                for f in current.files.iter().filter(|f| !next.files.contains(f)) {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+            current = next;
         }
     }
     Ok(())

@@ -11,6 +11,58 @@ pub mod placeholders;
 pub mod process;
 pub mod workdir;
 
+/// Digest of a file, remembered across runs for large files: base images and kernels are hashed
+/// for every cache key, and rehashing gigabytes would make a cache hit slow. The memo is keyed by
+/// device, inode, size, mtime and ctime (nanoseconds); any write changes ctime, which no user can
+/// set back.
+fn file_digest(p: &Path, meta: &std::fs::Metadata) -> Result<String> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::MetadataExt;
+    let hash = |p: &Path| {
+        kiln_store::hash_file(p)
+            .map(|(d, _)| d)
+            .map_err(|e| Error::failed(e.to_string()))
+    };
+    if meta.len() < (1 << 20) {
+        return hash(p);
+    }
+    let dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("kiln/hashes");
+    let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let id = format!(
+        "{}:{}:{}:{}.{}:{}.{}:{}",
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+        canon.display()
+    );
+    let name: String = sha2::Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let entry = dir.join(&name);
+    if let Ok(d) = std::fs::read_to_string(&entry) {
+        if d.starts_with("sha256:") && d.len() == 71 {
+            return Ok(d);
+        }
+    }
+    let d = hash(p)?;
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let tmp = dir.join(format!("{name}.{}", std::process::id()));
+        if std::fs::write(&tmp, &d).is_ok() {
+            let _ = std::fs::rename(&tmp, &entry);
+        }
+    }
+    Ok(d)
+}
+
 /// Now, as RFC 3339 UTC.
 pub fn now_rfc3339() -> String {
     kiln_template::timefmt::rfc3339(kiln_template::timefmt::now_unix())
@@ -23,8 +75,7 @@ pub fn digest_path(p: &Path) -> Result<String> {
     let meta =
         std::fs::metadata(p).map_err(|e| Error::io(format!("cannot read {}", p.display()), e))?;
     if meta.is_file() {
-        let (d, _) = kiln_store::hash_file(p).map_err(|e| Error::failed(e.to_string()))?;
-        return Ok(d);
+        return file_digest(p, &meta);
     }
     let mut entries = Vec::new();
     let mut stack = vec![p.to_path_buf()];
@@ -167,5 +218,10 @@ pub trait Provisioner: Send + Sync {
 
 pub trait PostProcessor: Send + Sync {
     fn kind(&self) -> &str;
+    /// Whether the input artifact is kept when the template does not set keep_input_artifact
+    /// (Packer: compress and vagrant replace it; manifest and checksum keep it).
+    fn keeps_input_by_default(&self) -> bool {
+        true
+    }
     fn process(&self, artifact: &Artifact, cx: &StepCx<'_>) -> Result<Artifact>;
 }
