@@ -19,7 +19,7 @@ rows = []
 for i in range(runs):
     shutil.rmtree("output-quickstart", ignore_errors=True)
     t0 = time.monotonic()
-    p = subprocess.run([kiln, "build", "templates/quickstart.pkr.hcl"], capture_output=True, text=True)
+    p = subprocess.run([kiln, "build", "-force", "templates/quickstart.pkr.hcl"], capture_output=True, text=True)
     wall = time.monotonic() - t0
     if p.returncode != 0:
         sys.exit(f"run {i} failed:\n{p.stdout}\n{p.stderr}")

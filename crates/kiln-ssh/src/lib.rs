@@ -130,7 +130,7 @@ impl SshComm {
         let start = Instant::now();
         let deadline = start + self.cfg.timeout;
         let mut last: Option<Waiting> = None;
-        let mut handshake_timeout = Duration::from_millis(1500);
+        let mut banner_timeout = Duration::from_millis(300);
         let mut handshake_failures = 0u32;
         loop {
             self.cancel.check()?;
@@ -140,7 +140,7 @@ impl SshComm {
                 )));
             }
             let attempt_start = Instant::now();
-            let r = self.try_session(addr, handshake_timeout);
+            let r = self.try_session(addr, banner_timeout);
             match r {
                 Ok(s) => {
                     self.em.debug(format!(
@@ -162,9 +162,8 @@ impl SshComm {
                         }
                     }
                     if w == Waiting::NoBanner {
-                        // Slow guests (full distributions) need longer than a tiny one.
-                        handshake_timeout =
-                            (handshake_timeout * 3 / 2).min(Duration::from_secs(10));
+                        // A guest that listens but is slow to send its banner gets longer waits.
+                        banner_timeout = (banner_timeout * 3 / 2).min(Duration::from_secs(3));
                     }
                     if last.as_ref() != Some(&w) {
                         self.em.emit(EventKind::Waiting(format!(
@@ -195,7 +194,7 @@ impl SshComm {
     fn try_session(
         &self,
         addr: SocketAddr,
-        handshake_timeout: Duration,
+        banner_timeout: Duration,
     ) -> std::result::Result<ssh2::Session, Waiting> {
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| match e
             .kind()
@@ -204,22 +203,38 @@ impl SshComm {
             _ => Waiting::Handshake(e.to_string()),
         })?;
         let _ = tcp.set_nodelay(true);
+        // With QEMU user networking the connect succeeds before the guest listens, and such a
+        // connection never gets a banner. Wait for the banner's first bytes ourselves, briefly,
+        // then give the socket to libssh2 with a generous timeout for the key exchange.
+        let _ = tcp.set_read_timeout(Some(banner_timeout.max(Duration::from_millis(50))));
+        let mut first = [0u8; 4];
+        match tcp.peek(&mut first) {
+            Ok(0) => return Err(Waiting::Refused),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(Waiting::NoBanner)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return Err(Waiting::Refused)
+            }
+            Err(e) => return Err(Waiting::Handshake(e.to_string())),
+        }
+        let _ = tcp.set_read_timeout(None);
         let mut sess = ssh2::Session::new().map_err(|e| Waiting::Handshake(e.to_string()))?;
         sess.set_tcp_stream(tcp);
-        sess.set_timeout(handshake_timeout.as_millis() as u32);
+        sess.set_timeout(30_000);
         if let Err(e) = sess.handshake() {
-            return Err(match e.code() {
-                ssh2::ErrorCode::Session(-9)
-                | ssh2::ErrorCode::Session(-13)
-                | ssh2::ErrorCode::Session(-43) => Waiting::NoBanner,
-                _ if e.message().contains("banner")
-                    || e.message().contains("Timed out")
-                    || e.message().contains("disconnect") =>
-                {
-                    Waiting::NoBanner
-                }
-                _ => Waiting::Handshake(e.message().to_string()),
-            });
+            return Err(Waiting::Handshake(e.message().to_string()));
         }
         sess.set_timeout(10_000);
         let user = &self.cfg.user;
