@@ -80,7 +80,7 @@ def packer_run(out):
     return timed_lines(["packer", "build", "-force", "-var", f"base={base}", "-var", f"out={out}", "-var", f"upload={upload}", tpl], out)
 
 def kiln_run(out, extra=()):
-    return timed_lines([kiln, "build", "-force", "-debug", *extra, "-var", f"base={base}", "-var", f"out={out}", "-var", f"upload={upload}", tpl], out, watch_pid=True)
+    return timed_lines([kiln, "build", "-force", "-verbose", *extra, "-var", f"base={base}", "-var", f"out={out}", "-var", f"upload={upload}", tpl], out, watch_pid=True)
 
 def floor_run():
     t0 = time.monotonic()

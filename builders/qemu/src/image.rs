@@ -193,16 +193,70 @@ pub fn create_overlay(
     qemu_img(&args).map(|_| ())
 }
 
-pub fn convert(src: &Path, dst: &Path, format: &str, compress: bool) -> Result<()> {
-    let s = src.to_string_lossy();
-    let d = dst.to_string_lossy();
-    let mut args = vec!["convert", "-O", format];
+/// `qemu-img convert -p`, reporting progress (percent) as it goes.
+pub fn convert(
+    src: &Path,
+    dst: &Path,
+    format: &str,
+    compress: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    use std::io::Read as _;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-p", "-O", format]);
     if compress && format == "qcow2" {
-        args.push("-c");
+        cmd.arg("-c");
     }
-    args.push(&s);
-    args.push(&d);
-    qemu_img(&args).map(|_| ())
+    cmd.arg(src)
+        .arg(dst)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = kiln_core::process::Guarded::spawn(cmd, "qemu-img convert")?;
+    let mut out = child.child().and_then(|c| c.stdout.take());
+    let mut err = child.child().and_then(|c| c.stderr.take());
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    if let Some(o) = out.as_mut() {
+        let mut buf = [0u8; 512];
+        let mut pending = String::new();
+        let mut last = u64::MAX;
+        while let Ok(n) = o.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+            // Lines look like "    (42.00/100%)\r".
+            while let Some(i) = pending.find(['\r', '\n']) {
+                let piece: String = pending.drain(..=i).collect();
+                if let Some(pct) = piece
+                    .trim()
+                    .strip_prefix('(')
+                    .and_then(|p| p.split('/').next())
+                    .and_then(|p| p.parse::<f64>().ok())
+                {
+                    let p = pct as u64;
+                    if p != last {
+                        last = p;
+                        progress(p);
+                    }
+                }
+            }
+        }
+    }
+    let st = child.wait()?;
+    let stderr = err_reader.join().unwrap_or_default();
+    if !st.success() {
+        return Err(Error::failed(format!(
+            "qemu-img convert failed: {}",
+            stderr.trim()
+        )));
+    }
+    Ok(())
 }
 
 /// Parses Packer's disk_size: a number of MiB, or with a suffix (K, M, G, T; optional B/iB).

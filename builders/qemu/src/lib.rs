@@ -718,7 +718,19 @@ impl Machine for QemuMachine {
             std::fs::copy(&self.overlay, &target)
                 .map_err(|e| Error::io("cannot copy the overlay", e))?;
         } else {
-            image::convert(&self.overlay, &target, &self.s.format, self.s.compress)?;
+            image::convert(
+                &self.overlay,
+                &target,
+                &self.s.format,
+                self.s.compress,
+                &mut |pct| {
+                    em.emit(kiln_core::EventKind::Progress {
+                        what: "export".into(),
+                        done: pct,
+                        total: 100,
+                    });
+                },
+            )?;
         }
         let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
         let vsize = self.virtual_size;

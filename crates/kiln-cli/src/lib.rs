@@ -2,6 +2,7 @@
 //! command, prints, and maps results to exit codes: 0 success, 1 failure or invalid template,
 //! 2 wrong usage, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 
+mod fmt;
 mod images;
 mod prepare;
 mod signals;
@@ -53,6 +54,28 @@ struct TemplateArgs {
     template: PathBuf,
 }
 
+#[derive(Args, Debug, Clone)]
+struct OutputArgs {
+    /// Pause before each provisioner until Enter, and keep a failed guest for inspection
+    #[arg(long)]
+    debug: bool,
+    /// Show debug messages (the qemu command line, SSH details); also KILN_LOG=debug or PACKER_LOG=1
+    #[arg(long)]
+    verbose: bool,
+    /// Prefix every line with an RFC 3339 time
+    #[arg(long = "timestamp-ui")]
+    timestamp_ui: bool,
+    /// Colour (-color=false turns it off; so does NO_COLOR)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    color: bool,
+    /// Packer's machine-readable output: timestamp,target,type,data...
+    #[arg(long = "machine-readable")]
+    machine_readable: bool,
+    /// One JSON event per line (docs/events.md)
+    #[arg(long, conflicts_with = "machine_readable")]
+    json: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Build images from a template
@@ -71,12 +94,8 @@ enum Cmd {
         /// How many builds run at once (0 = all)
         #[arg(long = "parallel-builds", default_value_t = 0)]
         parallel_builds: usize,
-        /// Show debug messages (the qemu command line, SSH details)
-        #[arg(long)]
-        debug: bool,
-        /// Prefix every line with an RFC 3339 time
-        #[arg(long = "timestamp-ui")]
-        timestamp_ui: bool,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Check a template and report every problem with its file:line:column
     #[command(
@@ -96,6 +115,34 @@ enum Cmd {
     Inspect {
         #[command(flatten)]
         t: TemplateArgs,
+    },
+    /// Rewrite HCL templates in the canonical style, keeping comments
+    #[command(
+        after_help = "Examples:\n  kiln fmt templates/\n  kiln fmt -check -recursive .\n  kiln fmt -diff -write=false quickstart.pkr.hcl"
+    )]
+    Fmt {
+        /// Exit 3 when a file is not formatted, and write nothing
+        #[arg(long)]
+        check: bool,
+        /// Print the changes as a diff
+        #[arg(long)]
+        diff: bool,
+        /// Write the result back to the files (-write=false to only look)
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        write: bool,
+        /// Also format templates in subdirectories
+        #[arg(long)]
+        recursive: bool,
+        /// Files or directories (default: the current directory)
+        paths: Vec<PathBuf>,
+    },
+    /// Print a shell completion script
+    #[command(
+        after_help = "Examples:\n  kiln completions bash > /etc/bash_completion.d/kiln\n  kiln completions zsh > ~/.zfunc/_kiln\n  kiln completions fish > ~/.config/fish/completions/kiln.fish"
+    )]
+    Completions {
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
     },
     /// List the images in the store
     Images,
@@ -226,17 +273,29 @@ pub fn main() -> ExitCode {
             force,
             on_error,
             parallel_builds,
-            debug,
-            timestamp_ui,
-        } => build(
-            &t,
-            &cli.store,
-            force,
-            &on_error,
-            parallel_builds,
-            debug,
-            timestamp_ui,
-        ),
+            out,
+        } => build(&t, &cli.store, force, &on_error, parallel_builds, &out),
+        Cmd::Fmt {
+            check,
+            diff,
+            write,
+            recursive,
+            paths,
+        } => fmt::run(&paths, check, diff, write && !check, recursive),
+        Cmd::Completions { shell } => {
+            let shell = match shell.as_str() {
+                "zsh" => clap_complete::Shell::Zsh,
+                "fish" => clap_complete::Shell::Fish,
+                _ => clap_complete::Shell::Bash,
+            };
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "kiln",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -366,8 +425,7 @@ fn build(
     force: bool,
     on_error: &str,
     parallel: usize,
-    debug: bool,
-    timestamps: bool,
+    out: &OutputArgs,
 ) -> ExitCode {
     let opts = match load_options(t, false) {
         Ok(o) => o,
@@ -388,10 +446,25 @@ fn build(
     print_diags(&prepared.diags);
     let cancel = Cancel::new();
     signals::install(cancel.clone());
-    let debug = debug
+    let verbose = out.verbose
         || std::env::var("KILN_LOG").is_ok_and(|v| v == "debug")
         || std::env::var("PACKER_LOG").is_ok_and(|v| !v.is_empty() && v != "0");
-    let ui = ui::Ui::new(debug, timestamps);
+    let tty =
+        std::io::stdout().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
+    let mode = if out.json {
+        ui::Mode::Json
+    } else if out.machine_readable {
+        ui::Mode::MachineReadable
+    } else if tty {
+        ui::Mode::Tty
+    } else {
+        ui::Mode::Plain
+    };
+    let color = out.color
+        && tty
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && matches!(mode, ui::Mode::Tty);
+    let ui = ui::Ui::new(mode, verbose, out.timestamp_ui, color);
     let ui2 = ui.clone();
     let sink: Sink = Arc::new(move |e| ui2.handle(&e));
     let interactive = std::io::stdin().is_terminal();
@@ -401,12 +474,35 @@ fn build(
         "run-cleanup-provisioner" => OnError::RunCleanupProvisioner,
         _ => OnError::Cleanup,
     };
-    let ask: engine::AskFn = Arc::new(|q: &str| {
-        eprint!("{q}\n[c] clean up, [a] abort and keep the guest: ");
-        let mut s = String::new();
-        let _ = std::io::stdin().read_line(&mut s);
-        s.trim().chars().next().unwrap_or('c')
+    let ui3 = ui.clone();
+    let ask: engine::AskFn = Arc::new(move |q: &str| {
+        ui3.suspend(|| {
+            eprint!("{q}\n[c] clean up, [a] abort and keep the guest: ");
+            let mut s = String::new();
+            let _ = std::io::stdin().read_line(&mut s);
+            s.trim().chars().next().unwrap_or('c')
+        })
     });
+    let ui4 = ui.clone();
+    let pause: Option<engine::AskFn> = (out.debug && interactive).then(|| -> engine::AskFn {
+        Arc::new(move |q: &str| {
+            ui4.suspend(|| {
+                eprint!("{q} — press Enter to continue: ");
+                let mut s = String::new();
+                let _ = std::io::stdin().read_line(&mut s);
+                'c'
+            })
+        })
+    });
+    if out.debug && !interactive {
+        eprintln!("warning: -debug pauses only when stdin is a terminal; running without pauses");
+    }
+    // As in Packer, -debug keeps a failed guest for inspection.
+    let on_error = if out.debug && interactive {
+        OnError::Abort
+    } else {
+        on_error
+    };
     let store = match images::open(store) {
         Ok(s) => Arc::new(s),
         Err(code) => return code,
@@ -417,11 +513,15 @@ fn build(
         force,
         interactive,
         ask: Some(ask),
+        pause,
         store,
     };
     let outcomes = engine::run(prepared.jobs, &run_opts, sink, &cancel);
-    println!();
-    println!("==> builds finished:");
+    let mut summary = String::from("\n==> builds finished:\n");
+    summary.push_str(&format!(
+        "    {:<24} {:<12} {:>8}  {}\n",
+        "BUILD", "RESULT", "TIME", "IMAGE"
+    ));
     for o in &outcomes {
         let status = if o.ok && o.cached {
             "up to date"
@@ -437,11 +537,12 @@ fn build(
             .as_ref()
             .map(|a| a.id.clone())
             .unwrap_or_else(|| "-".into());
-        println!(
-            "    {:<24} {:<12} {:>7.1}s  {}",
+        summary.push_str(&format!(
+            "    {:<24} {:<12} {:>7.1}s  {}\n",
             o.name, status, o.seconds, id
-        );
+        ));
     }
+    ui.summary(summary.trim_end());
     if let Some(sig) = signals::received() {
         return ExitCode::from(128 + sig as u8);
     }

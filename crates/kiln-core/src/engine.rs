@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub force: bool,
     pub interactive: bool,
     pub ask: Option<AskFn>,
+    /// -debug: asked before each provisioner runs.
+    pub pause: Option<AskFn>,
     pub store: Arc<Store>,
 }
 
@@ -185,6 +187,16 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
             total,
             kind: p.label.clone(),
         });
+        if let Some(pause) = &opts.pause {
+            pause(&format!(
+                "{}: next is provisioner {}/{total} {} ({})",
+                job.name,
+                i + 1,
+                p.label,
+                machine.access()
+            ));
+            cancel.check()?;
+        }
         let t = Instant::now();
         let r = run_provisioner(p, machine.as_mut(), job, opts, em, cancel, &vars);
         if let Err(e) = r {
@@ -593,6 +605,7 @@ fn on_failure(
         }
         drop(machine);
     } else {
+        em.error(format!("{e}"));
         em.say("build failed: stopping the guest and removing its files");
         drop(machine);
     }

@@ -34,6 +34,12 @@ pub enum EventKind {
     Output(String),
     /// Why kiln is still waiting (for SSH): shown only when it changes.
     Waiting(String),
+    /// Progress of a long transfer (`what`: "export", "download", ...), in bytes or percent.
+    Progress {
+        what: String,
+        done: u64,
+        total: u64,
+    },
     Artifact {
         files: Vec<String>,
         id: String,

@@ -6,6 +6,7 @@
 
 pub mod diag;
 mod eval;
+pub mod fmt;
 pub mod funcs;
 mod gotmpl;
 mod hcl2;
@@ -24,6 +25,21 @@ use std::path::{Path, PathBuf};
 
 /// The Packer version whose templates kiln reads (for `required_version` and `packer.version`).
 pub const PACKER_COMPAT_VERSION: &str = "1.11.2";
+
+/// Whether `text` parses as HCL (for `kiln fmt`, which must not rewrite what it cannot read).
+pub fn parse_check(text: &str) -> Result<(), String> {
+    hcl::edit::parser::parse_body(text)
+        .map(|_| ())
+        .map_err(|e| {
+            let l = e.location();
+            format!(
+                "syntax error at {}:{}: {}",
+                l.line(),
+                l.column(),
+                e.message()
+            )
+        })
+}
 
 /// Templates larger than this are refused rather than read into memory.
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
