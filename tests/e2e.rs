@@ -519,3 +519,100 @@ fn error_cleanup_provisioner_runs_when_a_step_fails() {
     );
     assert!(ctx.qemu_pids().is_empty());
 }
+
+#[test]
+fn iso_url_over_http_is_downloaded_once_verified_and_cached() {
+    let ctx = Ctx::new("download");
+    let www = ctx.dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::copy(ctx.base.join("base.qcow2"), www.join("base.qcow2")).expect("copy base");
+    let sum = std::process::Command::new("sha256sum")
+        .arg("base.qcow2")
+        .current_dir(&www)
+        .output()
+        .expect("sha256sum");
+    std::fs::write(www.join("SHA256SUMS"), &sum.stdout).expect("sums");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let log = ctx.dir.join("http.log");
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(&www)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("python3 http.server");
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "http server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let extra = format!("  iso_url = \"http://127.0.0.1:{port}/base.qcow2\"\n  iso_checksum = \"file:http://127.0.0.1:{port}/SHA256SUMS\"");
+    let t = ctx.write(
+        "dl.pkr.hcl",
+        &hcl(
+            &ctx,
+            "dl",
+            &extra,
+            r#"  provisioner "shell" { inline = ["echo downloaded > /root/d"] }"#,
+        ),
+    );
+    let run = |args: &[&str]| {
+        ctx.cmd(args)
+            .env("KILN_DOWNLOAD_CACHE", ctx.dir.join("downloads"))
+            .output()
+            .expect("kiln")
+    };
+    let out = run(&["build", t.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("downloading http://127.0.0.1"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        ctx.read_from_image(&ctx.dir.join("out-dl/disk.qcow2"), "/root/d")
+            .as_deref(),
+        Some("downloaded\n")
+    );
+    let again = run(&["build", "-force", t.to_str().unwrap_or_default()]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        !text(&again).contains("downloading http://127.0.0.1:{port}/base.qcow2"),
+        "served from the download cache"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let gets = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("GET /base.qcow2")
+        .count();
+    assert_eq!(gets, 1, "the base was downloaded once");
+    // A wrong checksum is refused before anything boots.
+    let bad = ctx.write(
+        "bad.pkr.hcl",
+        &hcl(
+            &ctx,
+            "bad",
+            &format!(
+                "  iso_url = \"{}/base.qcow2\"\n  iso_checksum = \"sha256:{}\"",
+                ctx.base.display(),
+                "0".repeat(64)
+            ),
+            "",
+        ),
+    );
+    let o = ctx.kiln(&["build", bad.to_str().unwrap_or_default()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("checksum mismatch"), "{}", text(&o));
+    assert!(ctx.qemu_pids().is_empty());
+}

@@ -13,8 +13,10 @@ pub fn resolve_url(url: &str) -> Result<PathBuf> {
     if let Some(rest) = url.strip_prefix("file://") {
         return Ok(PathBuf::from(rest));
     }
-    if url.starts_with("http://") || url.starts_with("https://") {
-        return Err(Error::failed(format!("iso_url {url:?}: downloading over http(s) is not supported yet; download the image and set iso_url to its local path")));
+    if crate::download::is_remote(url) {
+        return Err(Error::failed(format!(
+            "iso_url {url:?} must be downloaded first"
+        )));
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(Error::failed(format!(
@@ -62,7 +64,11 @@ pub fn verify_checksum(path: &Path, spec: &str, known_sha256: Option<&str>) -> R
         return Ok(sha256);
     }
     let (algo, want) = if let Some(src) = spec.strip_prefix("file:") {
-        let file = resolve_url(src.trim_start_matches("//").trim_start_matches("file:"))?;
+        let file = if crate::download::is_remote(src) {
+            crate::download::fetch(src, "none", None, &kiln_core::Cancel::new())?
+        } else {
+            resolve_url(src.trim_start_matches("//").trim_start_matches("file:"))?
+        };
         let file = if src.starts_with("file://") || src.starts_with("//") {
             PathBuf::from(src.trim_start_matches("file:").trim_start_matches("//"))
         } else {

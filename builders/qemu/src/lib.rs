@@ -7,6 +7,7 @@
 mod accel;
 mod argv;
 pub mod config;
+mod download;
 mod http;
 mod image;
 mod qmp;
@@ -31,6 +32,8 @@ pub use accel::run_probe;
 struct Settings {
     build: String,
     base_url: String,
+    /// Where the base came from when kiln resolved it (an `oci://` reference and its digest).
+    base_source: Option<String>,
     checksum: String,
     disk_image: bool,
     use_backing_file: bool,
@@ -82,12 +85,16 @@ pub fn from_component(
     c: &Component,
 ) -> std::result::Result<(QemuBuilder, Diagnostics), Diagnostics> {
     let d = decode_all(c)?;
-    let s = settings(build, &d.qemu, &d.ssh).map_err(|m| {
+    let mut s = settings(build, &d.qemu, &d.ssh).map_err(|m| {
         Diagnostics(vec![kiln_template::Diagnostic::error(
             m,
             Some(c.span.clone()),
         )])
     })?;
+    s.base_source = c
+        .get("__kiln_base_source")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
     Ok((
         QemuBuilder {
             s: Arc::new(s),
@@ -148,6 +155,7 @@ fn settings(build: &str, q: &QemuConfig, ssh: &SshOpts) -> std::result::Result<S
     Ok(Settings {
         build: build.to_string(),
         base_url,
+        base_source: None,
         checksum: t(&q.iso_checksum).unwrap_or_else(|| "none".into()),
         disk_image,
         use_backing_file: flag(q.use_backing_file),
@@ -271,6 +279,17 @@ impl QemuBuilder {
     }
 }
 
+impl QemuBuilder {
+    /// The base image on disk: a local path, or the download cache's copy of a remote URL.
+    fn base_path(&self, em: Option<&Emitter>, cancel: &Cancel) -> Result<PathBuf> {
+        if download::is_remote(&self.s.base_url) {
+            download::fetch(&self.s.base_url, &self.s.checksum, em, cancel)
+        } else {
+            image::resolve_url(&self.s.base_url)
+        }
+    }
+}
+
 impl Builder for QemuBuilder {
     fn kind(&self) -> &str {
         "qemu"
@@ -280,12 +299,19 @@ impl Builder for QemuBuilder {
         (self.s.output_directory.clone(), self.s.vm_name.clone())
     }
 
-    fn key_inputs(&self) -> Result<serde_json::Value> {
+    fn key_inputs(&self, em: &Emitter, cancel: &Cancel) -> Result<serde_json::Value> {
         let s = &self.s;
-        let base = image::resolve_url(&s.base_url)?;
-        let digest = match self.base_sha256.get() {
-            Some(d) => d.clone(),
+        // A remote base with a sha256 checksum counts by that checksum: no download to know
+        // whether the image is already built.
+        let known = s
+            .checksum
+            .strip_prefix("sha256:")
+            .filter(|_| download::is_remote(&s.base_url))
+            .map(|h| h.to_ascii_lowercase());
+        let digest = match self.base_sha256.get().cloned().or(known) {
+            Some(d) => d,
             None => {
+                let base = self.base_path(Some(em), cancel)?;
                 let d = kiln_core::digest_path(&base)?
                     .trim_start_matches("sha256:")
                     .to_string();
@@ -354,8 +380,12 @@ impl Builder for QemuBuilder {
             ));
         }
         let _ = force; // the engine decides about output_directory (a cache hit may reuse it)
-        let base = image::resolve_url(&s.base_url)?;
-        if !base.is_file() {
+        let base = if download::is_remote(&s.base_url) {
+            PathBuf::from("/")
+        } else {
+            image::resolve_url(&s.base_url)?
+        };
+        if !download::is_remote(&s.base_url) && !base.is_file() {
             return Err(Error::failed(format!(
                 "base image {} (iso_url) does not exist",
                 base.display()
@@ -386,7 +416,7 @@ impl Builder for QemuBuilder {
         let s = &self.s;
         let work = WorkDir::create(&work_base(), &format!("build-{}", sanitize(&s.build)))?;
         let wd = work.path().to_path_buf();
-        let base = image::resolve_url(&s.base_url)?;
+        let base = self.base_path(Some(em), cancel)?;
         let base = std::fs::canonicalize(&base)
             .map_err(|e| Error::io(format!("base image {}", base.display()), e))?;
         em.say(format!("verifying base image {}", base.display()));
@@ -745,7 +775,13 @@ impl Machine for QemuMachine {
         data.insert("format".into(), self.s.format.clone());
         data.insert("accelerator".into(), self.accel.clone());
         data.insert("base_sha256".into(), self.base_sha256.clone());
-        data.insert("base_source".into(), self.s.base_url.clone());
+        data.insert(
+            "base_source".into(),
+            self.s
+                .base_source
+                .clone()
+                .unwrap_or_else(|| self.s.base_url.clone()),
+        );
         data.insert("virtual_size".into(), vsize.to_string());
         data.insert("qemu_version".into(), self.qemu_version.clone());
         data.insert("vm_name".into(), self.s.vm_name.clone());

@@ -5,6 +5,7 @@
 mod fmt;
 mod images;
 mod prepare;
+mod registry;
 mod signals;
 mod ui;
 
@@ -96,6 +97,15 @@ enum Cmd {
         parallel_builds: usize,
         #[command(flatten)]
         out: OutputArgs,
+        /// Look images up in this registry repository before building (a shared build cache)
+        #[arg(long = "cache-from", value_name = "REGISTRY/REPO")]
+        cache_from: Option<String>,
+        /// Upload built images to this registry repository under their cache key
+        #[arg(long = "cache-to", value_name = "REGISTRY/REPO")]
+        cache_to: Option<String>,
+        /// Use plain HTTP for a registry on loopback (127.0.0.1, localhost)
+        #[arg(long = "plain-http")]
+        plain_http: bool,
     },
     /// Check a template and report every problem with its file:line:column
     #[command(
@@ -144,6 +154,40 @@ enum Cmd {
         #[arg(value_parser = ["bash", "zsh", "fish"])]
         shell: String,
     },
+    /// Upload an image to an OCI registry
+    #[command(
+        after_help = "Examples:\n  kiln push quickstart registry.example.com/images/quickstart:v1\n  kiln push --plain-http sha256:1a2b3c 127.0.0.1:5000/test/quickstart:v1"
+    )]
+    Push {
+        image: String,
+        reference: String,
+        #[arg(long = "plain-http")]
+        plain_http: bool,
+    },
+    /// Download an image from an OCI registry into the store
+    #[command(
+        after_help = "Examples:\n  kiln pull registry.example.com/images/quickstart@sha256:…\n  kiln pull --plain-http 127.0.0.1:5000/test/quickstart:v1"
+    )]
+    Pull {
+        reference: String,
+        #[arg(long = "plain-http")]
+        plain_http: bool,
+    },
+    /// Save credentials for a registry (the password comes on stdin)
+    #[command(
+        after_help = "Examples:\n  echo \"$TOKEN\" | kiln login --password-stdin -u ci registry.example.com"
+    )]
+    Login {
+        registry: String,
+        #[arg(short = 'u', long = "username")]
+        username: Option<String>,
+        #[arg(long = "password-stdin")]
+        password_stdin: bool,
+        #[arg(long = "plain-http")]
+        plain_http: bool,
+    },
+    /// Forget the credentials kiln saved for a registry
+    Logout { registry: String },
     /// List the images in the store
     Images,
     /// Rehash every blob of the given images (default: all) and name any corrupt one
@@ -274,7 +318,48 @@ pub fn main() -> ExitCode {
             on_error,
             parallel_builds,
             out,
-        } => build(&t, &cli.store, force, &on_error, parallel_builds, &out),
+            cache_from,
+            cache_to,
+            plain_http,
+        } => {
+            let remote = match registry::cache_from_args(&cache_from, &cache_to, plain_http) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            build(
+                &t,
+                &cli.store,
+                force,
+                &on_error,
+                parallel_builds,
+                &out,
+                remote,
+                plain_http,
+            )
+        }
+        Cmd::Push {
+            image,
+            reference,
+            plain_http,
+        } => images::open(&cli.store).map_or_else(
+            |c| c,
+            |s| registry::push(&s, &image, &reference, plain_http),
+        ),
+        Cmd::Pull {
+            reference,
+            plain_http,
+        } => images::open(&cli.store)
+            .map_or_else(|c| c, |s| registry::pull(&s, &reference, plain_http)),
+        Cmd::Login {
+            registry: host,
+            username,
+            password_stdin,
+            plain_http,
+        } => registry::login(&host, username, password_stdin, plain_http),
+        Cmd::Logout { registry: host } => registry::logout(&host),
         Cmd::Fmt {
             check,
             diff,
@@ -307,7 +392,7 @@ fn validate(t: &TemplateArgs, syntax_only: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match prepare::prepare(&t.template, &opts, "validate") {
+    match prepare::prepare(&t.template, &opts, "validate", None) {
         Ok(p) => {
             print_diags(&p.diags);
             if syntax_only {
@@ -419,6 +504,7 @@ fn render_inspect(plan: &Plan) -> String {
     s
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build(
     t: &TemplateArgs,
     store: &Option<PathBuf>,
@@ -426,6 +512,8 @@ fn build(
     on_error: &str,
     parallel: usize,
     out: &OutputArgs,
+    remote: Option<registry::RegistryCache>,
+    plain_http: bool,
 ) -> ExitCode {
     let opts = match load_options(t, false) {
         Ok(o) => o,
@@ -435,7 +523,15 @@ fn build(
         }
     };
     let run_uuid = kiln_template::funcs::uuidv4();
-    let prepared = match prepare::prepare(&t.template, &opts, &run_uuid) {
+    let store = match images::open(store) {
+        Ok(s) => Arc::new(s),
+        Err(code) => return code,
+    };
+    let bases = prepare::BaseResolver {
+        store: &store,
+        plain_http,
+    };
+    let prepared = match prepare::prepare(&t.template, &opts, &run_uuid, Some(&bases)) {
         Ok(p) => p,
         Err(d) => {
             print_diags(&d);
@@ -503,10 +599,6 @@ fn build(
     } else {
         on_error
     };
-    let store = match images::open(store) {
-        Ok(s) => Arc::new(s),
-        Err(code) => return code,
-    };
     let run_opts = RunOptions {
         parallel,
         on_error,
@@ -514,6 +606,7 @@ fn build(
         interactive,
         ask: Some(ask),
         pause,
+        remote: remote.map(|r| Arc::new(r) as Arc<dyn engine::RemoteCache>),
         store,
     };
     let outcomes = engine::run(prepared.jobs, &run_opts, sink, &cancel);

@@ -116,9 +116,102 @@ fn job(b: &BuildPlan, plan: &Plan, run_uuid: &str, d: &mut Diagnostics) -> Optio
 }
 
 /// Loads and checks everything. `Err` carries every diagnostic when anything is wrong.
-pub fn prepare(path: &Path, opts: &LoadOptions, run_uuid: &str) -> Result<Prepared, Diagnostics> {
+/// Where `iso_url = "oci://…"` base images are pulled to (build only; validate pulls nothing).
+pub struct BaseResolver<'a> {
+    pub store: &'a kiln_store::Store,
+    pub plain_http: bool,
+}
+
+/// Pulls `oci://` base images into the store and points iso_url at the stored disk, with its
+/// digest as iso_checksum, so the base is verified and the cache key sees its content.
+fn resolve_oci_bases(plan: &mut Plan, r: &BaseResolver<'_>, diags: &mut Diagnostics) {
+    for b in &mut plan.builds {
+        let Some(attr) = b.builder.attrs.get("iso_url").cloned() else {
+            continue;
+        };
+        let Some(url) = attr
+            .value
+            .as_str()
+            .filter(|u| u.starts_with("oci://"))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let err = |m: String| Diagnostic::error(m, Some(attr.span.clone()));
+        let reference = match kiln_registry::Reference::parse(&url) {
+            Ok(x) => x,
+            Err(e) => {
+                diags.push(err(e.to_string()));
+                continue;
+            }
+        };
+        let client = match kiln_registry::Client::new(&reference.registry, r.plain_http, None) {
+            Ok(c) => c,
+            Err(e) => {
+                diags.push(err(e.to_string()));
+                continue;
+            }
+        };
+        let id = match client.pull(r.store, &reference, None, &mut |_, _, _| {}) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                diags.push(err(format!(
+                    "base image {url} does not exist in the registry"
+                )));
+                continue;
+            }
+            Err(e) => {
+                diags.push(err(format!("cannot pull base image {url}: {e}")));
+                continue;
+            }
+        };
+        if reference.digest.is_none() {
+            diags.push(Diagnostic::warning(format!("base image {url} is a tag; it resolved to {id} (pin it as {}@{id} for repeatable builds)", url.split(':').take(2).collect::<Vec<_>>().join(":").trim_end_matches(&format!(":{}", reference.tag.clone().unwrap_or_default()))), Some(attr.span.clone())));
+        }
+        let layer = r
+            .store
+            .read_json(&id)
+            .ok()
+            .and_then(|m| m["layers"][0]["digest"].as_str().map(str::to_string));
+        let Some(layer) = layer else {
+            diags.push(err(format!("base image {url} has no disk layer")));
+            continue;
+        };
+        let set = |b: &mut kiln_template::BuildPlan, k: &str, v: String| {
+            b.builder.attrs.insert(
+                k.to_string(),
+                kiln_template::Attr {
+                    value: serde_json::Value::String(v),
+                    span: attr.span.clone(),
+                },
+            );
+        };
+        set(
+            b,
+            "iso_url",
+            r.store.blob_path(&layer).display().to_string(),
+        );
+        set(b, "iso_checksum", layer.clone());
+        set(b, "__kiln_base_source", format!("{url} ({id})"));
+        if !b.builder.attrs.contains_key("disk_image") {
+            set(b, "disk_image", "true".into());
+        }
+    }
+}
+
+pub fn prepare(
+    path: &Path,
+    opts: &LoadOptions,
+    run_uuid: &str,
+    bases: Option<&BaseResolver<'_>>,
+) -> Result<Prepared, Diagnostics> {
     let (plan, mut diags) = kiln_template::load(path, opts);
-    let Some(plan) = plan else { return Err(diags) };
+    let Some(mut plan) = plan else {
+        return Err(diags);
+    };
+    if let Some(r) = bases {
+        resolve_oci_bases(&mut plan, r, &mut diags);
+    }
     if opts.syntax_only {
         return Ok(Prepared {
             jobs: Vec::new(),

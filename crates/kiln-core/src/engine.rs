@@ -46,6 +46,14 @@ pub struct Job {
     pub tag: String,
 }
 
+/// A cache of images shared between machines (an OCI registry).
+pub trait RemoteCache: Send + Sync {
+    /// Downloads the image recorded under `key` into `store`, if the remote has one; its id.
+    fn fetch(&self, key: &str, store: &Store, em: &Emitter) -> Result<Option<String>>;
+    /// Uploads image `id` under `key` (a no-op without --cache-to).
+    fn publish(&self, key: &str, id: &str, store: &Store, em: &Emitter) -> Result<()>;
+}
+
 /// Asks the person at the terminal what to do after a failure: 'c'leanup, 'a'bort, 'r'etry.
 pub type AskFn = Arc<dyn Fn(&str) -> char + Send + Sync>;
 
@@ -58,6 +66,8 @@ pub struct RunOptions {
     pub ask: Option<AskFn>,
     /// -debug: asked before each provisioner runs.
     pub pause: Option<AskFn>,
+    /// A build cache shared through a registry (--cache-from / --cache-to).
+    pub remote: Option<Arc<dyn RemoteCache>>,
     pub store: Arc<Store>,
 }
 
@@ -144,7 +154,7 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
     let (out_dir, vm_name) = job.builder.output();
     em.phase("key");
     let secret = opts.store.secret().map_err(store_err)?;
-    let key_inputs = cache_key_inputs(job)?;
+    let key_inputs = cache_key_inputs(job, em, cancel)?;
     let key = cache_key(&key_inputs, &job.secrets, &secret);
     em.debug(format!("cache key {key}"));
     if !opts.force {
@@ -166,6 +176,30 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
             artifact.data.insert("cached".into(), "true".into());
             post_process(job, opts, em, cancel, &BTreeMap::new(), &artifact)?;
             return Ok(artifact);
+        }
+    }
+    if !opts.force {
+        if let Some(remote) = &opts.remote {
+            if let Some(id) = remote.fetch(&key, &opts.store, em)? {
+                let _ = opts.store.tag(&id, &job.tag);
+                em.say(format!(
+                    "up to date: image {} downloaded from the shared cache (cache key {})",
+                    kiln_store::short(&id),
+                    &key[..19.min(key.len())]
+                ));
+                let mut artifact = materialize(
+                    &opts.store,
+                    &id,
+                    &out_dir,
+                    &vm_name,
+                    job.builder.kind(),
+                    false,
+                    em,
+                )?;
+                artifact.data.insert("cached".into(), "true".into());
+                post_process(job, opts, em, cancel, &BTreeMap::new(), &artifact)?;
+                return Ok(artifact);
+            }
         }
     }
     if out_dir.exists() && !opts.force {
@@ -269,6 +303,13 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
         kiln_store::short(&disk_ref.digest),
         disk_ref.size
     ));
+    if let Some(remote) = &opts.remote {
+        if let Err(e) = remote.publish(&key, &id, &opts.store, em) {
+            em.warn(format!(
+                "the image was built but not uploaded to the shared cache: {e}"
+            ));
+        }
+    }
     em.phase("publish");
     let mut published = materialize(
         &opts.store,
@@ -290,14 +331,14 @@ fn store_err(e: kiln_store::StoreError) -> Error {
 
 /// What decides whether an image must be rebuilt: the builder's disk-affecting inputs and every
 /// provisioner with the content digests of the files it uses.
-fn cache_key_inputs(job: &Job) -> Result<serde_json::Value> {
+fn cache_key_inputs(job: &Job, em: &Emitter, cancel: &Cancel) -> Result<serde_json::Value> {
     let mut provs = Vec::new();
     for p in &job.provisioners {
         provs.push(serde_json::json!({"type": p.step.kind(), "inputs": p.step.key_inputs()?}));
     }
     Ok(serde_json::json!({
         "epoch": CACHE_EPOCH,
-        "builder": {"type": job.builder.kind(), "inputs": job.builder.key_inputs()?},
+        "builder": {"type": job.builder.kind(), "inputs": job.builder.key_inputs(em, cancel)?},
         "provisioners": provs,
     }))
 }

@@ -204,8 +204,9 @@ pub trait Builder: Send + Sync {
     /// output_directory and the disk's file name in it (vm_name).
     fn output(&self) -> (PathBuf, String);
     /// Everything that changes the disk: options and the content digests of the files they name
-    /// (base image, kernel, ...), never paths alone. Feeds the cache key.
-    fn key_inputs(&self) -> Result<serde_json::Value>;
+    /// (base image, kernel, ...), never paths alone. Feeds the cache key. May download the
+    /// base image (a remote iso_url without a sha256 checksum).
+    fn key_inputs(&self, em: &Emitter, cancel: &Cancel) -> Result<serde_json::Value>;
     fn launch(&self, em: &Emitter, cancel: &Cancel) -> Result<Box<dyn Machine>>;
 }
 
