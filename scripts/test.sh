@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/ensure-base.sh >/dev/null
+scripts/ensure-installer.sh >/dev/null
 if command -v cargo-nextest >/dev/null 2>&1; then
   exec cargo nextest run --workspace --locked --profile ci "$@"
 else

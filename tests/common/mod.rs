@@ -20,6 +20,19 @@ pub fn repo() -> PathBuf {
 }
 
 /// The tiny base image, made by scripts/ensure-base.sh (cached by recipe digest).
+/// The tiny installer CD and its payload, made by scripts/ensure-installer.sh.
+pub fn installer_dir() -> PathBuf {
+    let out = Command::new(repo().join("scripts/ensure-installer.sh"))
+        .output()
+        .expect("scripts/ensure-installer.sh runs");
+    assert!(
+        out.status.success(),
+        "making the installer failed (needs: scripts/setup.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 pub fn base_dir() -> PathBuf {
     let out = Command::new(repo().join("scripts/ensure-base.sh"))
         .output()
@@ -147,6 +160,39 @@ impl Ctx {
             return None;
         }
         Some(text)
+    }
+
+    /// Reads a file from the first partition of an MBR-partitioned image (what installers make).
+    pub fn read_from_partition(&self, image: &Path, path: &str) -> Option<String> {
+        let raw = self
+            .dir
+            .join(format!("part-{}.raw", N.fetch_add(1, Ordering::SeqCst)));
+        let st = Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(image)
+            .arg(&raw)
+            .status()
+            .ok()?;
+        assert!(st.success(), "qemu-img convert {}", image.display());
+        let mbr = std::fs::read(&raw).ok()?;
+        assert_eq!(
+            &mbr[510..512],
+            &[0x55, 0xAA],
+            "no MBR on {}",
+            image.display()
+        );
+        let start = u32::from_le_bytes([mbr[454], mbr[455], mbr[456], mbr[457]]) as u64;
+        let out = Command::new("debugfs")
+            .args(["-R", &format!("cat {path}")])
+            .arg(format!("{}?offset={}", raw.display(), start * 512))
+            .output()
+            .ok()?;
+        let _ = std::fs::remove_file(&raw);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("File not found") || !out.status.success() {
+            return None;
+        }
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// PIDs of qemu processes that belong to this test (their command line names its dir).

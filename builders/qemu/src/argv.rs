@@ -13,6 +13,10 @@ pub struct ArgvInput<'a> {
     pub cpus: u64,
     pub memory: u64,
     pub drive: String,
+    /// CD-ROMs (installer ISO, cd_files seed), in order.
+    pub cdroms: Vec<String>,
+    /// `-boot` value: `c` for a disk image, `once=d` to start an installer CD once.
+    pub boot: &'a str,
     pub netdev: String,
     pub net_device: String,
     pub kernel: Option<&'a str>,
@@ -51,6 +55,12 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
         push(&["-drive", &format!("if=pflash,format=raw,file={vars}")]);
     }
     push(&["-drive", &i.drive]);
+    for (n, iso) in i.cdroms.iter().enumerate() {
+        push(&[
+            "-drive",
+            &format!("file={iso},media=cdrom,readonly=on,if=ide,index={n}"),
+        ]);
+    }
     push(&["-netdev", &i.netdev]);
     push(&["-device", &i.net_device]);
     // Not in Packer's defaults: without an entropy source, SSH servers in small guests wait
@@ -65,7 +75,7 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
     if let Some(a) = i.kernel_args {
         push(&["-append", a]);
     }
-    push(&["-boot", "c"]);
+    push(&["-boot", i.boot]);
     match i.display {
         Some(d) => push(&["-display", d]),
         None => push(&["-display", "none"]),
@@ -122,6 +132,8 @@ mod tests {
             cpus: 1,
             memory: 256,
             drive: "file=o.qcow2,if=virtio".into(),
+            cdroms: Vec::new(),
+            boot: "c",
             netdev: "user,id=user.0,hostfwd=tcp:127.0.0.1:0-:22".into(),
             net_device: "virtio-net,netdev=user.0".into(),
             kernel: None,

@@ -165,16 +165,12 @@ const INERT: &[&str] = &[
     "firmware",
     "tpm_device_type",
     "vtpm",
-    "cdrom_interface",
     "vnc_use_password",
-    "boot_key_interval",
     "boot_keygroup_interval",
+    "cdrom_interface",
     "boot_steps",
     "http_network_protocol",
     "skip_nat_mapping",
-    "cd_files",
-    "cd_content",
-    "cd_label",
     "floppy_files",
     "floppy_dirs",
     "floppy_content",
@@ -230,15 +226,6 @@ pub fn decode_all(c: &Component) -> Result<Decoded, Diagnostics> {
     let mut warnings = Diagnostics::default();
     let mut errors = Diagnostics::default();
     warn_inert(c, INERT, &mut warnings);
-    if qemu.boot_command.as_ref().is_some_and(|b| !b.is_empty()) {
-        warnings.push(
-            Diagnostic::warning(
-                "boot_command is not supported yet: kiln will not type it",
-                Some(c.span_of("boot_command").clone()),
-            )
-            .with_hint("kiln builds from disk images (disk_image = true) for now"),
-        );
-    }
     let comm = qemu.communicator.as_deref().unwrap_or("ssh");
     match comm {
         "ssh" | "none" => {}

@@ -199,6 +199,12 @@ pub fn create_overlay(
     qemu_img(&args).map(|_| ())
 }
 
+/// A blank qcow2 disk for an installer.
+pub fn create_blank(path: &Path, size: u64) -> Result<()> {
+    let p = path.to_string_lossy();
+    qemu_img(&["create", "-q", "-f", "qcow2", &p, &size.to_string()]).map(|_| ())
+}
+
 /// `qemu-img convert -p`, reporting progress (percent) as it goes.
 pub fn convert(
     src: &Path,

@@ -6,10 +6,12 @@
 
 mod accel;
 mod argv;
+mod bootcmd;
 pub mod config;
 mod download;
 mod http;
 mod image;
+mod media;
 mod qmp;
 
 use config::{decode_all, QemuConfig, SshOpts};
@@ -60,7 +62,11 @@ struct Settings {
     initrd: Option<String>,
     kernel_args: Option<String>,
     boot_wait: Option<Duration>,
-    has_boot_command: bool,
+    boot_command: Vec<String>,
+    boot_key_interval: Duration,
+    cd_files: Vec<PathBuf>,
+    cd_content: BTreeMap<String, String>,
+    cd_label: Option<String>,
     http_directory: Option<PathBuf>,
     http_content: BTreeMap<String, String>,
     http_bind: String,
@@ -196,7 +202,25 @@ fn settings(build: &str, q: &QemuConfig, ssh: &SshOpts) -> std::result::Result<S
         initrd: t(&q.initrd),
         kernel_args: t(&q.kernel_args),
         boot_wait: q.boot_wait.map(|d| d.0),
-        has_boot_command: q.boot_command.as_ref().is_some_and(|b| !b.is_empty()),
+        boot_command: q
+            .boot_command
+            .as_ref()
+            .map(|v| v.iter().map(|t| t.0.clone()).collect())
+            .unwrap_or_default(),
+        boot_key_interval: q
+            .boot_key_interval
+            .map_or(Duration::from_millis(100), |d| d.0),
+        cd_files: q
+            .cd_files
+            .as_ref()
+            .map(|v| v.iter().map(|t| PathBuf::from(&t.0)).collect())
+            .unwrap_or_default(),
+        cd_content: q
+            .cd_content
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+            .unwrap_or_default(),
+        cd_label: t(&q.cd_label),
         http_directory: t(&q.http_directory).map(PathBuf::from),
         http_content: q
             .http_content
@@ -368,15 +392,27 @@ impl Builder for QemuBuilder {
             "http_directory": http_dir,
             "http_content": s.http_content,
             "shutdown_command": s.shutdown_command,
+            "disk_image": s.disk_image,
+            "boot_command": s.boot_command,
+            "cd_files": s.cd_files.iter().map(|f| kiln_core::digest_path(f).unwrap_or_else(|_| f.display().to_string())).collect::<Vec<_>>(),
+            "cd_content": s.cd_content,
+            "cd_label": s.cd_label,
             "ssh_username": s.ssh.as_ref().map(|c| c.user.clone()),
         }))
     }
 
     fn preflight(&self, force: bool) -> Result<()> {
         let s = &self.s;
-        if !s.disk_image {
+        if (!s.cd_files.is_empty() || !s.cd_content.is_empty())
+            && Command::new("xorriso")
+                .arg("-version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_err()
+        {
             return Err(Error::failed(
-                "installing from an ISO (disk_image = false) is not supported yet: set disk_image = true and point iso_url at a bootable disk image",
+                "cd_files/cd_content need xorriso: apt-get install xorriso",
             ));
         }
         let _ = force; // the engine decides about output_directory (a cache hit may reuse it)
@@ -429,15 +465,36 @@ impl Builder for QemuBuilder {
             self.base_sha256.get().map(String::as_str),
         )?;
         cancel.check()?;
-        let info = image::info(&base)?;
         let overlay = wd.join("disk.qcow2");
-        let size = s.disk_size.filter(|sz| *sz > info.virtual_size);
-        if let Some(sz) = s.disk_size {
-            if sz < info.virtual_size {
-                em.warn(format!("disk_size ({sz} bytes) is smaller than the base image ({} bytes); keeping the base size", info.virtual_size));
+        let mut cdroms = Vec::new();
+        let vsize = if s.disk_image {
+            let info = image::info(&base)?;
+            let size = s.disk_size.filter(|sz| *sz > info.virtual_size);
+            if let Some(sz) = s.disk_size {
+                if sz < info.virtual_size {
+                    em.warn(format!("disk_size ({sz} bytes) is smaller than the base image ({} bytes); keeping the base size", info.virtual_size));
+                }
             }
+            image::create_overlay(&base, &info.format, &overlay, size)?;
+            size.unwrap_or(info.virtual_size)
+        } else {
+            // An installer: the ISO as a CD-ROM booted once, a blank disk to install onto.
+            let size = s.disk_size.unwrap_or(40960 << 20);
+            image::create_blank(&overlay, size)?;
+            cdroms.push(base.display().to_string());
+            size
+        };
+        if !s.cd_files.is_empty() || !s.cd_content.is_empty() {
+            let iso = wd.join("cd.iso");
+            media::make_iso(
+                &wd.join("cd"),
+                &iso,
+                s.cd_label.as_deref().unwrap_or("cidata"),
+                &s.cd_files,
+                &s.cd_content,
+            )?;
+            cdroms.push(iso.display().to_string());
         }
-        image::create_overlay(&base, &info.format, &overlay, size)?;
 
         let http = if s.http_directory.is_some() || !s.http_content.is_empty() {
             let h = http::HttpServer::start(
@@ -488,6 +545,8 @@ impl Builder for QemuBuilder {
             cpus: s.cpus,
             memory: s.memory,
             drive,
+            cdroms,
+            boot: if s.disk_image { "c" } else { "once=d" },
             netdev: format!("user,id=user.0,hostfwd=tcp:127.0.0.1:0-:{guest_port}"),
             net_device: s.net_device.clone(),
             kernel: s.kernel.as_deref(),
@@ -541,6 +600,22 @@ impl Builder for QemuBuilder {
                     return Err(Error::failed(format!("{e}; {d}")));
                 }
             };
+        if !s.boot_command.is_empty() {
+            let wait = s.boot_wait.unwrap_or(Duration::from_secs(10));
+            em.say(format!(
+                "waiting {wait:?} (boot_wait), then typing the boot command"
+            ));
+            cancel.sleep(wait)?;
+            type_boot_command(
+                &mut qmp,
+                &s.boot_command,
+                &vars,
+                s.boot_key_interval,
+                em,
+                cancel,
+                &mut || running(pid),
+            )?;
+        }
         let mut comm = None;
         if let Some(cfg) = &s.ssh {
             let usernet = qmp.hmp("info usernet")?;
@@ -549,11 +624,6 @@ impl Builder for QemuBuilder {
             })?;
             vars.insert("SSHHostPort".to_string(), port.to_string());
             vars.insert("SSHHost".to_string(), cfg.host.clone());
-            if s.has_boot_command {
-                if let Some(w) = s.boot_wait {
-                    cancel.sleep(w)?;
-                }
-            }
             em.say(format!(
                 "waiting for SSH on {}:{port} (guest port {guest_port}, timeout {:?})",
                 cfg.host, cfg.timeout
@@ -599,11 +669,56 @@ impl Builder for QemuBuilder {
             console,
             accel,
             base_sha256,
-            virtual_size: size.unwrap_or(info.virtual_size),
+            virtual_size: vsize,
             qemu_version: self.qemu_version.get().cloned().unwrap_or_default(),
             work,
         }))
     }
+}
+
+/// Types boot_command over QMP, filling run-time placeholders first.
+fn type_boot_command(
+    qmp: &mut qmp::Qmp,
+    commands: &[String],
+    vars: &BTreeMap<String, String>,
+    interval: Duration,
+    em: &Emitter,
+    cancel: &Cancel,
+    alive: &mut dyn FnMut() -> bool,
+) -> Result<()> {
+    let mut held: Vec<String> = Vec::new();
+    for (n, raw) in commands.iter().enumerate() {
+        let text = kiln_core::placeholders::fill(raw, vars);
+        em.debug(format!("boot_command[{n}]: {text}"));
+        let actions =
+            bootcmd::parse(&text).map_err(|e| Error::failed(format!("boot_command[{n}]: {e}")))?;
+        for a in actions {
+            cancel.check()?;
+            if !alive() {
+                return Err(Error::failed(
+                    "qemu exited while the boot command was being typed",
+                ));
+            }
+            match a {
+                bootcmd::Action::Wait(d) => cancel.sleep(d)?,
+                bootcmd::Action::Hold(k) => held.push(k),
+                bootcmd::Action::Release(k) => held.retain(|h| *h != k),
+                bootcmd::Action::Keys(keys) => {
+                    let all: Vec<serde_json::Value> = held
+                        .iter()
+                        .chain(keys.iter())
+                        .map(|k| serde_json::json!({"type": "qcode", "data": k}))
+                        .collect();
+                    qmp.execute(
+                        "send-key",
+                        Some(serde_json::json!({"keys": all, "hold-time": 20})),
+                    )?;
+                    cancel.sleep(interval)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn indent(s: &str) -> String {

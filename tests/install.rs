@@ -1,0 +1,124 @@
+//! Installing from an ISO, as most published qemu templates do: boot an installer CD, type a
+//! boot_command that points it at an answer file (over kiln's HTTP server, or on a cd_content
+//! seed CD), let it partition and fill the blank disk and reboot into the installed system, then
+//! connect over SSH and provision. The installer CD is built from Debian packages
+//! (tests/fixtures/mkinstaller.sh).
+
+mod common;
+
+use common::{text, Ctx};
+
+fn template(ctx: &Ctx, name: &str, media: &str, boot_command: &str) -> std::path::PathBuf {
+    let inst = common::installer_dir();
+    let b = ctx.base.display();
+    ctx.write(
+        &format!("{name}.pkr.hcl"),
+        &format!(
+            r#"source "qemu" "{name}" {{
+  iso_url              = "{iso}"
+  iso_checksum         = "file:{sums}"
+  disk_size            = "64M"
+  format               = "qcow2"
+  accelerator          = "tcg"
+  memory               = 256
+{media}
+  boot_wait            = "3s"
+  boot_key_interval    = "10ms"
+  boot_command         = ["{boot_command}"]
+  ssh_username         = "root"
+  ssh_private_key_file = "{b}/id_ed25519"
+  ssh_timeout          = "3m"
+  shutdown_command     = "sync; poweroff"
+  output_directory     = "out-{name}"
+  vm_name              = "{name}.qcow2"
+}}
+
+build {{
+  sources = ["source.qemu.{name}"]
+  provisioner "shell" {{
+    inline = ["cat /root/installed-by", "echo provisioned-after-install > /root/provisioned"]
+  }}
+}}
+"#,
+            iso = inst.join("installer.iso").display(),
+            sums = ctx.dir.join("SHA256SUMS").display(),
+        ),
+    )
+}
+
+fn sums(ctx: &Ctx) {
+    let inst = common::installer_dir();
+    let out = std::process::Command::new("sha256sum")
+        .arg("installer.iso")
+        .current_dir(&inst)
+        .output()
+        .expect("sha256sum");
+    std::fs::write(ctx.dir.join("SHA256SUMS"), out.stdout).expect("write sums");
+}
+
+#[test]
+fn installer_iso_with_boot_command_and_http_answer_file() {
+    let ctx = Ctx::new("install-http");
+    sums(&ctx);
+    let inst = common::installer_dir();
+    std::fs::create_dir_all(ctx.dir.join("http")).expect("http dir");
+    std::fs::copy(
+        inst.join("payload.tar.gz"),
+        ctx.dir.join("http/payload.tar.gz"),
+    )
+    .expect("payload");
+    ctx.write(
+        "http/answer.txt",
+        "payload=payload.tar.gz\nmarker=installed-over-http\n",
+    );
+    let t = template(
+        &ctx,
+        "viahttp",
+        "  http_directory       = \"http\"",
+        "install ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/answer.txt<enter>",
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(
+        s.contains("viahttp: installed-over-http"),
+        "the provisioner ran in the installed system: {s}"
+    );
+    let disk = ctx.dir.join("out-viahttp/viahttp.qcow2");
+    assert_eq!(
+        ctx.read_from_partition(&disk, "/root/installed-by")
+            .as_deref(),
+        Some("installed-over-http\n")
+    );
+    assert_eq!(
+        ctx.read_from_partition(&disk, "/root/provisioned")
+            .as_deref(),
+        Some("provisioned-after-install\n")
+    );
+    assert!(ctx.qemu_pids().is_empty());
+}
+
+#[test]
+fn installer_iso_with_a_cd_content_seed_instead_of_http() {
+    let ctx = Ctx::new("install-cd");
+    sums(&ctx);
+    let inst = common::installer_dir();
+    let media = format!(
+        "  cd_files             = [\"{}\"]\n  cd_content           = {{ \"answer\" = \"payload=payload.tar.gz\\nmarker=installed-from-cd\\n\" }}\n  cd_label             = \"cidata\"",
+        inst.join("payload.tar.gz").display()
+    );
+    let t = template(&ctx, "viacd", &media, "install<enter>");
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let disk = ctx.dir.join("out-viacd/viacd.qcow2");
+    assert_eq!(
+        ctx.read_from_partition(&disk, "/root/installed-by")
+            .as_deref(),
+        Some("installed-from-cd\n")
+    );
+    assert_eq!(
+        ctx.read_from_partition(&disk, "/root/provisioned")
+            .as_deref(),
+        Some("provisioned-after-install\n")
+    );
+}
