@@ -122,3 +122,32 @@ fn installer_iso_with_a_cd_content_seed_instead_of_http() {
         Some("provisioned-after-install\n")
     );
 }
+
+#[test]
+fn an_installer_that_never_brings_up_ssh_times_out_with_the_console_tail() {
+    let ctx = Ctx::new("install-nossh");
+    sums(&ctx);
+    // The answer file is missing: the installer stops and SSH never comes.
+    std::fs::create_dir_all(ctx.dir.join("http")).expect("http dir");
+    let t = template(
+        &ctx,
+        "broken",
+        "  http_directory       = \"http\"",
+        "install ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/missing.txt<enter>",
+    );
+    let text_t = std::fs::read_to_string(&t).expect("read").replace(
+        "ssh_timeout          = \"3m\"",
+        "ssh_timeout          = \"25s\"",
+    );
+    std::fs::write(&t, text_t).expect("write");
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(s.contains("timed out after 25s waiting for SSH"), "{s}");
+    assert!(
+        s.contains("installer: FAILED: cannot fetch"),
+        "the console's last lines name the installer's failure: {s}"
+    );
+    assert!(ctx.qemu_pids().is_empty());
+    assert!(!ctx.dir.join("out-broken").exists());
+}

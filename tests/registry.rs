@@ -340,8 +340,10 @@ fn oci_base_images_are_pulled_once_and_recorded_by_digest() {
     assert!(push.status.success(), "{}", text(&push));
 
     let b = ctx.base.display();
+    let q = ctx.qemu_counter();
+    let q = q.display();
     let src = format!(
-        "source \"qemu\" \"fromoci\" {{\n  iso_url = \"oci://{}/bases/tiny@{base_id}\"\n  iso_checksum = \"none\"\n  disk_image = true\n  accelerator = \"tcg\"\n  memory = 256\n  kernel = \"{b}/vmlinux\"\n  initrd = \"{b}/initrd.img\"\n  kernel_args = \"root=/dev/vda rw console=ttyS0 quiet\"\n  output_directory = \"out-oci\"\n  ssh_username = \"root\"\n  ssh_private_key_file = \"{b}/id_ed25519\"\n  shutdown_command = \"sync; poweroff\"\n}}\nbuild {{\n  sources = [\"source.qemu.fromoci\"]\n  provisioner \"shell\" {{\n    inline = [\"echo from-oci > /root/o\"]\n  }}\n}}\n",
+        "source \"qemu\" \"fromoci\" {{\n  qemu_binary = \"{q}\"\n  iso_url = \"oci://{}/bases/tiny@{base_id}\"\n  iso_checksum = \"none\"\n  disk_image = true\n  accelerator = \"tcg\"\n  memory = 256\n  kernel = \"{b}/vmlinux\"\n  initrd = \"{b}/initrd.img\"\n  kernel_args = \"root=/dev/vda rw console=ttyS0 quiet\"\n  output_directory = \"out-oci\"\n  ssh_username = \"root\"\n  ssh_private_key_file = \"{b}/id_ed25519\"\n  shutdown_command = \"sync; poweroff\"\n}}\nbuild {{\n  sources = [\"source.qemu.fromoci\"]\n  provisioner \"shell\" {{\n    inline = [\"echo from-oci > /root/o\"]\n  }}\n}}\n",
         reg.host
     );
     let tp = ctx.write("oci.pkr.hcl", &src);
@@ -356,6 +358,7 @@ fn oci_base_images_are_pulled_once_and_recorded_by_digest() {
             .as_deref(),
         Some("from-oci\n")
     );
+    assert_eq!(ctx.qemu_starts(), 1);
     let insp = in_store(&ctx, "builder", &["inspect", "fromoci"]);
     let v: serde_json::Value = serde_json::from_slice(&insp.stdout).expect("inspect JSON");
     assert!(
@@ -369,6 +372,27 @@ fn oci_base_images_are_pulled_once_and_recorded_by_digest() {
         v["config"]["base"]["digest"], base_disk.digest,
         "the base is recorded by its content digest"
     );
+    // A wrong digest is refused before anything boots.
+    let starts = ctx.qemu_starts();
+    let wrong = src.replace(&base_id, &format!("sha256:{}", "0".repeat(64)));
+    let tw = ctx.write("oci-wrong.pkr.hcl", &wrong);
+    let ow = in_store(
+        &ctx,
+        "builder",
+        &[
+            "build",
+            "-force",
+            "--plain-http",
+            tw.to_str().unwrap_or_default(),
+        ],
+    );
+    assert_eq!(ow.status.code(), Some(1), "{}", text(&ow));
+    assert!(
+        text(&ow).contains("does not exist in the registry"),
+        "{}",
+        text(&ow)
+    );
+    assert_eq!(ctx.qemu_starts(), starts, "nothing booted");
     // A tag works too, with a warning naming the digest it resolved to.
     let tagged = src.replace(&format!("@{base_id}"), ":1");
     let tp2 = ctx.write("oci-tag.pkr.hcl", &tagged);
@@ -398,4 +422,48 @@ fn oci_base_images_are_pulled_once_and_recorded_by_digest() {
         "same base content, same key: {}",
         text(&out3)
     );
+}
+
+#[test]
+fn a_killed_push_leaves_no_manifest_and_a_rerun_completes() {
+    let ctx = Ctx::bare("regkill");
+    let reg = Registry::start(&ctx.dir, None);
+    let id = tiny_image(&ctx.dir.join("store-a"));
+    let r = format!("{}/killed/tiny:v1", reg.host);
+    let log = ctx.dir.join("push.log");
+    let mut child = ctx
+        .cmd(&["push", "--plain-http", "tiny", &r])
+        .env("KILN_STORE", ctx.dir.join("store-a"))
+        .env("KILN_FAILPOINT", "push-before-manifest")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn push");
+    let end = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("pushed sha256:")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < end,
+            "blobs not pushed: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // Blobs are there, the manifest is not: nobody can pull a half-pushed image.
+    let pull = in_store(&ctx, "store-b", &["pull", "--plain-http", &r]);
+    assert_eq!(pull.status.code(), Some(1));
+    assert!(text(&pull).contains("does not exist"), "{}", text(&pull));
+    // Rerunning completes (the blobs already there are skipped).
+    let again = in_store(&ctx, "store-a", &["push", "--plain-http", "tiny", &r]);
+    assert!(again.status.success(), "{}", text(&again));
+    let pull = in_store(&ctx, "store-b", &["pull", "--plain-http", &r]);
+    assert!(pull.status.success(), "{}", text(&pull));
+    assert_eq!(image_id(&ctx, "store-b", &r), id);
+    assert!(in_store(&ctx, "store-b", &["verify"]).status.success());
 }

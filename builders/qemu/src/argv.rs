@@ -25,6 +25,8 @@ pub struct ArgvInput<'a> {
     pub display: Option<&'a str>,
     pub efi: Option<(String, String)>,
     pub qmp_socket: String,
+    /// A second monitor only for watching events (installer reboots).
+    pub events_socket: Option<String>,
     pub serial_log: String,
     pub qemuargs: &'a [Vec<String>],
     pub extra: &'a [String],
@@ -115,6 +117,9 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
         "-qmp".to_string(),
         format!("unix:{},server=on,wait=off", i.qmp_socket),
     ]);
+    if let Some(ev) = &i.events_socket {
+        out.extend(["-qmp".to_string(), format!("unix:{ev},server=on,wait=off")]);
+    }
     out.extend(i.extra.iter().map(|s| fill(s, i.vars)));
     out
 }
@@ -142,6 +147,7 @@ mod tests {
             display: None,
             efi: None,
             qmp_socket: "/w/qmp.sock".into(),
+            events_socket: None,
             serial_log: "/w/console.log".into(),
             qemuargs,
             extra: &[],

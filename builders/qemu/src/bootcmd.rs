@@ -101,6 +101,87 @@ fn char_keys(c: char) -> Option<Vec<String>> {
     }
 }
 
+/// Every `<name>` group that looks like a key but is none: misspellings such as `<entr>`, with the
+/// closest key name. (Packer types unknown groups literally; kiln reports them at validate time,
+/// since a template that types "<entr>" into an installer prompt is almost always a typo.)
+pub fn unknown_keys(s: &str) -> Vec<(String, Option<String>)> {
+    const NAMES: &[&str] = &[
+        "enter",
+        "return",
+        "esc",
+        "tab",
+        "bs",
+        "del",
+        "spacebar",
+        "insert",
+        "home",
+        "end",
+        "pageUp",
+        "pageDown",
+        "up",
+        "down",
+        "left",
+        "right",
+        "menu",
+        "leftAlt",
+        "rightAlt",
+        "leftCtrl",
+        "rightCtrl",
+        "leftShift",
+        "rightShift",
+        "leftSuper",
+        "rightSuper",
+        "leftAltOn",
+        "leftAltOff",
+        "leftCtrlOn",
+        "leftCtrlOff",
+        "leftShiftOn",
+        "leftShiftOff",
+        "rightAltOn",
+        "rightAltOff",
+        "rightCtrlOn",
+        "rightCtrlOff",
+        "rightShiftOn",
+        "rightShiftOff",
+        "leftSuperOn",
+        "leftSuperOff",
+        "wait",
+        "wait5",
+        "wait10",
+        "f1",
+        "f2",
+        "f3",
+        "f4",
+        "f5",
+        "f6",
+        "f7",
+        "f8",
+        "f9",
+        "f10",
+        "f11",
+        "f12",
+    ];
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i + 1..];
+        let Some(end) = rest.find('>') else { break };
+        let name = &rest[..end];
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            if let Ok(acts) = parse(&format!("<{name}>")) {
+                let typed_literally = acts.len() > 1;
+                if typed_literally {
+                    let hint = kiln_template::did_you_mean(name, NAMES.iter().copied())
+                        .map(|h| format!("<{h}>"));
+                    out.push((format!("<{name}>"), hint));
+                }
+            }
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
 /// Parses one boot_command string into actions. Unknown `<...>` groups are typed literally, as
 /// Packer does.
 pub fn parse(s: &str) -> Result<Vec<Action>, String> {

@@ -316,6 +316,24 @@ pub fn decode_all(c: &Component) -> Result<Decoded, Diagnostics> {
             ),
         );
     }
+    for (i, cmd) in qemu.boot_command.iter().flatten().enumerate() {
+        for (key, hint) in crate::bootcmd::unknown_keys(cmd) {
+            let h = hint.map_or_else(|| "kiln knows Packer's key names (<enter>, <tab>, <f1>, <wait5>, <leftCtrlOn>, ...)".to_string(), |h| format!("did you mean {h}?"));
+            errors.push(
+                Diagnostic::error(
+                    format!("boot_command[{i}]: unknown key {key}"),
+                    Some(c.span_of("boot_command").clone()),
+                )
+                .with_hint(h),
+            );
+        }
+        if let Err(e) = crate::bootcmd::parse(cmd) {
+            errors.push(Diagnostic::error(
+                format!("boot_command[{i}]: {e}"),
+                Some(c.span_of("boot_command").clone()),
+            ));
+        }
+    }
     if let Some(args) = &qemu.qemuargs {
         for (i, a) in args.iter().enumerate() {
             if a.is_empty() || !a[0].starts_with('-') {

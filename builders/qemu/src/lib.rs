@@ -530,6 +530,7 @@ impl Builder for QemuBuilder {
         let guest_port = s.ssh.as_ref().map_or(22, |c| c.port);
         let console = wd.join("console.log");
         let qmp_sock = wd.join("qmp.sock");
+        let events_sock = wd.join("events.sock");
         let drive = format!(
             "file={},if={},cache={},discard={},format=qcow2",
             overlay.display(),
@@ -555,6 +556,7 @@ impl Builder for QemuBuilder {
             display: s.display.as_deref(),
             efi: s.efi.clone(),
             qmp_socket: qmp_sock.display().to_string(),
+            events_socket: (!s.disk_image).then(|| events_sock.display().to_string()),
             serial_log: console.display().to_string(),
             qemuargs: &s.qemuargs,
             extra: &s.extra_args,
@@ -606,6 +608,7 @@ impl Builder for QemuBuilder {
                 "waiting {wait:?} (boot_wait), then typing the boot command"
             ));
             cancel.sleep(wait)?;
+            em.phase("boot-command");
             type_boot_command(
                 &mut qmp,
                 &s.boot_command,
@@ -616,6 +619,17 @@ impl Builder for QemuBuilder {
                 &mut || running(pid),
             )?;
         }
+        // An installer runs, then reboots into the installed disk: time the two apart.
+        let watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = (!s.disk_image).then(|| {
+            em.phase("install");
+            let em2 = em.clone();
+            qmp::watch_reset(
+                events_sock.clone(),
+                watch_stop.clone(),
+                Box::new(move || em2.phase("reboot")),
+            )
+        });
         let mut comm = None;
         if let Some(cfg) = &s.ssh {
             let usernet = qmp.hmp("info usernet")?;
@@ -652,6 +666,10 @@ impl Builder for QemuBuilder {
                         indent(&tail(&console, 20))
                     )));
                 }
+            }
+            watch_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(w) = watcher {
+                let _ = w.join();
             }
             if let Some(p) = s.pause_before_connecting {
                 cancel.sleep(p)?;

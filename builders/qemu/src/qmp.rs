@@ -116,6 +116,41 @@ pub fn parse_usernet_port(text: &str, guest_port: u16) -> Option<u16> {
         })
 }
 
+/// Watches a QMP socket for the guest's first reset (an installer rebooting into the installed
+/// disk) and calls `on_reset`; stops when `stop` is set or qemu goes away.
+pub fn watch_reset(
+    path: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    on_reset: Box<dyn Fn() + Send>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::sync::atomic::Ordering;
+        let Ok(stream) = UnixStream::connect(&path) else {
+            return;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+        let Ok(mut writer) = stream.try_clone() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream);
+        let _ = writer.write_all(b"{\"execute\":\"qmp_capabilities\"}\n");
+        let mut line = String::new();
+        while !stop.load(Ordering::SeqCst) {
+            match reader.read_line(&mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if line.contains("\"RESET\"") {
+                        on_reset();
+                        return;
+                    }
+                    line.clear();
+                }
+                Err(_) => {}
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

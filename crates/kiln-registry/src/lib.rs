@@ -690,6 +690,11 @@ impl Client {
                 &mut |d, t| progress(digest, d, t),
             )?;
         }
+        // The manifest goes last, so the registry never serves one whose blobs are missing. Test
+        // hook: hold here so a test can kill kiln between the blobs and the manifest.
+        if std::env::var_os("KILN_FAILPOINT").is_some_and(|v| v == "push-before-manifest") {
+            std::thread::sleep(Duration::from_secs(60));
+        }
         let media = m["mediaType"].as_str().unwrap_or(MANIFEST_TYPE).to_string();
         let scope = format!("repository:{}:pull,push", r.repo);
         let resp = self.send(
