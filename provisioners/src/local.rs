@@ -86,22 +86,8 @@ pub fn shell_local(c: &Component) -> std::result::Result<ShellLocal, Diagnostics
             Some(c.span.clone()),
         ));
     }
-    let mut env = Vec::new();
-    for v in cfg.environment_vars.iter().flatten() {
-        match v.split_once('=') {
-            Some((k, val)) => env.push((k.to_string(), val.to_string())),
-            None => d.push(Diagnostic::error(
-                format!("environment_vars entry {:?} must be KEY=value", v.0),
-                Some(c.span_of("environment_vars").clone()),
-            )),
-        }
-    }
-    env.extend(
-        cfg.env
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.0.clone())),
-    );
+    let env =
+        crate::shell::environment(c, cfg.environment_vars.as_deref(), cfg.env.as_ref(), &mut d);
     if d.has_errors() {
         return Err(d);
     }

@@ -7,7 +7,6 @@ use kiln_core::{Artifact, Error, PostProcessor, Result, StepCx};
 use kiln_template::{Component, Diagnostic, Diagnostics};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -175,23 +174,6 @@ pub fn checksum(c: &Component) -> std::result::Result<Checksum, Diagnostics> {
     })
 }
 
-fn digest_hex<D: sha2::Digest>(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-    let mut h = D::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 impl PostProcessor for Checksum {
     fn kind(&self) -> &str {
         "checksum"
@@ -208,17 +190,17 @@ impl PostProcessor for Checksum {
             let mut text = String::new();
             for f in &a.files {
                 let h = match t.as_str() {
-                    "md5" => digest_hex::<md5::Md5>(f)?,
-                    "sha224" => digest_hex::<sha2::Sha224>(f)?,
+                    "md5" => kiln_core::hash_file_hex::<md5::Md5>(f)?,
+                    "sha224" => kiln_core::hash_file_hex::<sha2::Sha224>(f)?,
                     "sha256" => a
                         .data
                         .get("disk_sha256")
                         .filter(|_| a.files.len() == 1)
                         .cloned()
-                        .map_or_else(|| digest_hex::<sha2::Sha256>(f), Ok)?,
-                    "sha384" => digest_hex::<sha2::Sha384>(f)?,
-                    "sha1" => digest_hex::<sha1::Sha1>(f)?,
-                    _ => digest_hex::<sha2::Sha512>(f)?,
+                        .map_or_else(|| kiln_core::hash_file_hex::<sha2::Sha256>(f), Ok)?,
+                    "sha384" => kiln_core::hash_file_hex::<sha2::Sha384>(f)?,
+                    "sha1" => kiln_core::hash_file_hex::<sha1::Sha1>(f)?,
+                    _ => kiln_core::hash_file_hex::<sha2::Sha512>(f)?,
                 };
                 text.push_str(&format!(
                     "{h}\t{}\n",

@@ -97,19 +97,7 @@ pub fn from_component(c: &Component) -> std::result::Result<Shell, Diagnostics> 
         }
         scripts.push((f, ScriptBody::File(p)));
     }
-    let mut env = Vec::new();
-    for v in cfg.environment_vars.iter().flatten() {
-        match v.split_once('=') {
-            Some((k, val)) => env.push((k.to_string(), val.to_string())),
-            None => d.push(Diagnostic::error(
-                format!("environment_vars entry {:?} must be KEY=value", v.0),
-                Some(c.span_of("environment_vars").clone()),
-            )),
-        }
-    }
-    for (k, v) in cfg.env.iter().flatten() {
-        env.push((k.clone(), v.0.clone()));
-    }
+    let env = environment(c, cfg.environment_vars.as_deref(), cfg.env.as_ref(), &mut d);
     if d.has_errors() {
         return Err(d);
     }
@@ -151,6 +139,32 @@ fn env_string(format: &str, pairs: &[(String, String)]) -> String {
         .collect::<String>()
         .trim_end()
         .to_string()
+}
+
+/// `environment_vars` (`KEY=value` strings) followed by the `env` map, as the shell and
+/// shell-local steps take them; malformed entries become diagnostics.
+pub fn environment(
+    c: &Component,
+    vars: Option<&[Text]>,
+    map: Option<&BTreeMap<String, Text>>,
+    d: &mut Diagnostics,
+) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for v in vars.into_iter().flatten() {
+        match v.split_once('=') {
+            Some((k, val)) => env.push((k.to_string(), val.to_string())),
+            None => d.push(Diagnostic::error(
+                format!("environment_vars entry {:?} must be KEY=value", v.0),
+                Some(c.span_of("environment_vars").clone()),
+            )),
+        }
+    }
+    env.extend(
+        map.into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone())),
+    );
+    env
 }
 
 /// Base environment every provisioner sees, as Packer sets it.

@@ -3,7 +3,6 @@
 
 use kiln_core::{Error, Result};
 use sha2::Digest as _;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -32,24 +31,7 @@ pub fn hex(b: &[u8]) -> String {
 
 /// sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    digest_file::<sha2::Sha256>(path)
-}
-
-fn digest_file<D: sha2::Digest>(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-    let mut h = D::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
+    kiln_core::hash_file_hex::<sha2::Sha256>(path)
 }
 
 /// Verifies `path` against iso_checksum (`sha256:…`, `sha512:…`, `md5:…`, bare hex, `file:PATH`,
@@ -105,7 +87,7 @@ pub fn verify_checksum(path: &Path, spec: &str, known_sha256: Option<&str>) -> R
     };
     let got = match algo.as_str() {
         "sha256" => sha256.clone(),
-        "sha512" => digest_file::<sha2::Sha512>(path)?,
+        "sha512" => kiln_core::hash_file_hex::<sha2::Sha512>(path)?,
         "md5" => {
             let mut f = std::fs::File::open(path)
                 .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;

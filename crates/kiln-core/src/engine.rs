@@ -158,9 +158,23 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
     let key = cache_key(&key_inputs, &job.secrets, &secret);
     em.debug(format!("cache key {key}"));
     if !opts.force {
-        if let Some(id) = opts.store.lookup_key(&key).map_err(store_err)? {
+        // The local store first, then the shared cache.
+        let local = opts
+            .store
+            .lookup_key(&key)
+            .map_err(store_err)?
+            .map(|id| (id, "has the same inputs"));
+        let hit = match (local, &opts.remote) {
+            (Some(h), _) => Some(h),
+            (None, Some(remote)) => remote.fetch(&key, &opts.store, em)?.map(|id| {
+                let _ = opts.store.tag(&id, &job.tag);
+                (id, "was downloaded from the shared cache")
+            }),
+            (None, None) => None,
+        };
+        if let Some((id, why)) = hit {
             em.say(format!(
-                "up to date: image {} has the same inputs (cache key {}); nothing to build",
+                "up to date: image {} {why} (cache key {}); nothing to build",
                 kiln_store::short(&id),
                 &key[..19.min(key.len())]
             ));
@@ -176,30 +190,6 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
             artifact.data.insert("cached".into(), "true".into());
             post_process(job, opts, em, cancel, &BTreeMap::new(), &artifact)?;
             return Ok(artifact);
-        }
-    }
-    if !opts.force {
-        if let Some(remote) = &opts.remote {
-            if let Some(id) = remote.fetch(&key, &opts.store, em)? {
-                let _ = opts.store.tag(&id, &job.tag);
-                em.say(format!(
-                    "up to date: image {} downloaded from the shared cache (cache key {})",
-                    kiln_store::short(&id),
-                    &key[..19.min(key.len())]
-                ));
-                let mut artifact = materialize(
-                    &opts.store,
-                    &id,
-                    &out_dir,
-                    &vm_name,
-                    job.builder.kind(),
-                    false,
-                    em,
-                )?;
-                artifact.data.insert("cached".into(), "true".into());
-                post_process(job, opts, em, cancel, &BTreeMap::new(), &artifact)?;
-                return Ok(artifact);
-            }
         }
     }
     if out_dir.exists() && !opts.force {

@@ -63,6 +63,24 @@ fn file_digest(p: &Path, meta: &std::fs::Metadata) -> Result<String> {
     Ok(d)
 }
 
+/// Hex digest of a file with any RustCrypto hash (sha256, sha512, md5, sha1, ...), streamed.
+pub fn hash_file_hex<D: sha2::Digest>(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let mut h = D::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Now, as RFC 3339 UTC.
 pub fn now_rfc3339() -> String {
     kiln_template::timefmt::rfc3339(kiln_template::timefmt::now_unix())

@@ -667,19 +667,7 @@ impl Client {
         let manifest = store.read_blob(id)?;
         let m: serde_json::Value = serde_json::from_slice(&manifest)
             .map_err(|e| RegistryError::Refused(format!("image {id}: {e}")))?;
-        let mut blobs = vec![(
-            m["config"]["digest"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            m["config"]["size"].as_u64().unwrap_or(0),
-        )];
-        for l in m["layers"].as_array().into_iter().flatten() {
-            blobs.push((
-                l["digest"].as_str().unwrap_or_default().to_string(),
-                l["size"].as_u64().unwrap_or(0),
-            ));
-        }
+        let blobs = manifest_blobs(&m);
         for (digest, size) in &blobs {
             store.verify_blob(digest)?;
             self.push_blob(
@@ -806,19 +794,7 @@ impl Client {
                 "{r} is an image index (several platforms), not a kiln image"
             )));
         }
-        let mut blobs = vec![(
-            m["config"]["digest"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            m["config"]["size"].as_u64().unwrap_or(0),
-        )];
-        for l in m["layers"].as_array().into_iter().flatten() {
-            blobs.push((
-                l["digest"].as_str().unwrap_or_default().to_string(),
-                l["size"].as_u64().unwrap_or(0),
-            ));
-        }
+        let blobs = manifest_blobs(&m);
         for (d, size) in &blobs {
             if !d.starts_with("sha256:") || d.len() != 71 {
                 return Err(RegistryError::Refused(format!(
@@ -850,6 +826,19 @@ impl Client {
             Err(self.fail("login", resp))
         }
     }
+}
+
+/// (digest, size) of the config and every layer of an image manifest.
+fn manifest_blobs(m: &serde_json::Value) -> Vec<(String, u64)> {
+    let entry = |v: &serde_json::Value| {
+        (
+            v["digest"].as_str().unwrap_or_default().to_string(),
+            v["size"].as_u64().unwrap_or(0),
+        )
+    };
+    std::iter::once(entry(&m["config"]))
+        .chain(m["layers"].as_array().into_iter().flatten().map(entry))
+        .collect()
 }
 
 fn location(resp: &http::Response<ureq::Body>) -> Option<String> {
