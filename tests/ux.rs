@@ -298,3 +298,51 @@ fn completions_are_generated_for_each_shell() {
         assert!(text(&out).contains(needle), "{shell}: {}", text(&out));
     }
 }
+
+#[test]
+fn debug_pauses_before_each_provisioner_on_a_terminal() {
+    let ctx = Ctx::new("debugpause");
+    let ok = ctx.source("dbg", "");
+    let t = ctx.write("dbg.pkr.hcl", &format!("{ok}\nbuild {{\n  sources = [\"source.qemu.dbg\"]\n  provisioner \"shell\" {{\n    inline = [\"echo first\"]\n  }}\n  provisioner \"shell\" {{\n    inline = [\"echo second\"]\n  }}\n}}\n"));
+    let cmdline = format!(
+        "{} build -debug {}",
+        env!("CARGO_BIN_EXE_kiln"),
+        t.display()
+    );
+    let rec = ctx.dir.join("typescript");
+    // Two Enters, typed ahead: kiln reads one at each pause.
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &cmdline])
+        .arg(&rec)
+        .current_dir(&ctx.dir)
+        .env("KILN_WORK_DIR", &ctx.work)
+        .env("KILN_STORE", ctx.dir.join("store"))
+        .env("TERM", "dumb")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("script runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(b"\n\n");
+        // Keep stdin open until kiln is done, so script does not hang up the terminal early.
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break st;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        drop(stdin);
+        let drawn = std::fs::read_to_string(&rec).unwrap_or_default();
+        assert!(status.success(), "{drawn}");
+        assert!(drawn.contains("next is provisioner 1/2 shell"), "{drawn}");
+        assert!(drawn.contains("next is provisioner 2/2 shell"), "{drawn}");
+        assert!(drawn.contains("press Enter to continue"), "{drawn}");
+        let first = drawn.find("next is provisioner 2/2").unwrap_or(0);
+        assert!(
+            drawn[..first].contains("dbg: first"),
+            "the first provisioner ran before the second pause: {drawn}"
+        );
+    }
+}
