@@ -74,12 +74,17 @@ fn installer_iso_with_boot_command_and_http_answer_file() {
     let t = template(
         &ctx,
         "viahttp",
-        "  http_directory       = \"http\"",
+        // People watch installs: a VNC server on loopback, with a password.
+        "  http_directory       = \"http\"\n  vnc_bind_address     = \"127.0.0.1\"\n  vnc_use_password     = true",
         "install ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/answer.txt<enter>",
     );
     let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
     let s = text(&out);
     assert!(out.status.success(), "{s}");
+    assert!(
+        s.contains("VNC: vnc://127.0.0.1:59") && s.contains("password "),
+        "{s}"
+    );
     assert!(
         s.contains("viahttp: installed-over-http"),
         "the provisioner ran in the installed system: {s}"

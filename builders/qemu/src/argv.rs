@@ -23,6 +23,8 @@ pub struct ArgvInput<'a> {
     pub initrd: Option<&'a str>,
     pub kernel_args: Option<&'a str>,
     pub display: Option<&'a str>,
+    /// `-vnc` value when someone wants to watch (vnc_bind_address / vnc_port_min / ...).
+    pub vnc: Option<String>,
     pub efi: Option<(String, String)>,
     pub qmp_socket: String,
     /// A second monitor only for watching events (installer reboots).
@@ -81,6 +83,9 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
     match i.display {
         Some(d) => push(&["-display", d]),
         None => push(&["-display", "none"]),
+    }
+    if let Some(v) = &i.vnc {
+        push(&["-vnc", v]);
     }
     push(&["-serial", &format!("file:{}", i.serial_log)]);
 
@@ -145,6 +150,7 @@ mod tests {
             initrd: None,
             kernel_args: None,
             display: None,
+            vnc: None,
             efi: None,
             qmp_socket: "/w/qmp.sock".into(),
             events_socket: None,

@@ -165,7 +165,6 @@ const INERT: &[&str] = &[
     "firmware",
     "tpm_device_type",
     "vtpm",
-    "vnc_use_password",
     "boot_keygroup_interval",
     "cdrom_interface",
     "boot_steps",

@@ -55,6 +55,8 @@ struct Settings {
     qemu_binary: String,
     net_device: String,
     display: Option<String>,
+    /// (bind address, port range, password) when a VNC server was asked for.
+    vnc: Option<(String, u16, u16, bool)>,
     efi: Option<(String, String)>,
     qemuargs: Vec<Vec<String>>,
     extra_args: Vec<String>,
@@ -183,6 +185,18 @@ fn settings(build: &str, q: &QemuConfig, ssh: &SshOpts) -> std::result::Result<S
         qemu_binary: t(&q.qemu_binary).unwrap_or_else(|| "qemu-system-x86_64".into()),
         net_device: format!("{net},netdev=user.0"),
         display: t(&q.display).filter(|_| !flag(q.headless)),
+        vnc: (q.vnc_bind_address.is_some()
+            || q.vnc_port_min.is_some()
+            || q.vnc_port_max.is_some()
+            || flag(q.vnc_use_password))
+        .then(|| {
+            (
+                t(&q.vnc_bind_address).unwrap_or_else(|| "127.0.0.1".into()),
+                q.vnc_port_min.map_or(5900, |n| n.0 as u16),
+                q.vnc_port_max.map_or(6000, |n| n.0 as u16),
+                flag(q.vnc_use_password),
+            )
+        }),
         efi,
         qemuargs: q
             .qemuargs
@@ -538,6 +552,15 @@ impl Builder for QemuBuilder {
             s.disk_cache,
             s.disk_discard
         );
+        let vnc = match &s.vnc {
+            Some((bind, min, max, pw)) => {
+                let port = (*min..=(*max).max(*min))
+                    .find(|p| *p >= 5900 && std::net::TcpListener::bind((bind.as_str(), *p)).is_ok())
+                    .ok_or_else(|| Error::failed(format!("no free VNC port on {bind} between {min} and {max} (vnc_port_min/vnc_port_max; VNC ports start at 5900)")))?;
+                Some((bind.clone(), port, *pw))
+            }
+            None => None,
+        };
         let args = argv::build(&argv::ArgvInput {
             vm_name: &s.vm_name,
             machine_type: &s.machine_type,
@@ -554,6 +577,9 @@ impl Builder for QemuBuilder {
             initrd: s.initrd.as_deref(),
             kernel_args: s.kernel_args.as_deref(),
             display: s.display.as_deref(),
+            vnc: vnc.as_ref().map(|(b, p, pw)| {
+                format!("{b}:{}{}", p - 5900, if *pw { ",password=on" } else { "" })
+            }),
             efi: s.efi.clone(),
             qmp_socket: qmp_sock.display().to_string(),
             events_socket: (!s.disk_image).then(|| events_sock.display().to_string()),
@@ -602,6 +628,22 @@ impl Builder for QemuBuilder {
                     return Err(Error::failed(format!("{e}; {d}")));
                 }
             };
+        if let Some((bind, port, pw)) = &vnc {
+            let mut msg = format!("VNC: vnc://{bind}:{port} (watch the guest with a VNC viewer)");
+            if *pw {
+                let password: String = kiln_template::funcs::uuidv4()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric())
+                    .take(8)
+                    .collect();
+                qmp.execute(
+                    "change-vnc-password",
+                    Some(serde_json::json!({"password": password})),
+                )?;
+                msg.push_str(&format!(", password {password}"));
+            }
+            em.say(msg);
+        }
         if !s.boot_command.is_empty() {
             let wait = s.boot_wait.unwrap_or(Duration::from_secs(10));
             em.say(format!(
