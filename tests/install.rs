@@ -26,7 +26,7 @@ fn template(ctx: &Ctx, name: &str, media: &str, boot_command: &str) -> std::path
   boot_key_interval    = "10ms"
   boot_command         = ["{boot_command}"]
   ssh_username         = "root"
-  ssh_private_key_file = "{b}/id_ed25519"
+{key}
   ssh_timeout          = "3m"
   shutdown_command     = "sync; poweroff"
   output_directory     = "out-{name}"
@@ -41,6 +41,11 @@ build {{
 }}
 "#,
             iso = inst.join("installer.iso").display(),
+            key = if media.contains("ssh_clear_authorized_keys") {
+                String::new()
+            } else {
+                format!("  ssh_private_key_file = \"{b}/id_ed25519\"")
+            },
             sums = ctx.dir.join("SHA256SUMS").display(),
         ),
     )
@@ -74,8 +79,10 @@ fn installer_iso_with_boot_command_and_http_answer_file() {
     let t = template(
         &ctx,
         "viahttp",
-        // People watch installs: a VNC server on loopback, with a password.
-        "  http_directory       = \"http\"\n  vnc_bind_address     = \"127.0.0.1\"\n  vnc_use_password     = true",
+        // People watch installs: a VNC server on loopback, with a password. No key is given:
+        // kiln makes a temporary one, offers it in a cloud-init seed the installer reads, and
+        // clears it from the image afterwards.
+        "  http_directory       = \"http\"\n  vnc_bind_address     = \"127.0.0.1\"\n  vnc_use_password     = true\n  ssh_clear_authorized_keys = true",
         "install ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/answer.txt<enter>",
     );
     let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
@@ -85,6 +92,7 @@ fn installer_iso_with_boot_command_and_http_answer_file() {
         s.contains("VNC: vnc://127.0.0.1:59") && s.contains("password "),
         "{s}"
     );
+    assert!(s.contains("using a temporary ed25519 key pair"), "{s}");
     assert!(
         s.contains("viahttp: installed-over-http"),
         "the provisioner ran in the installed system: {s}"
@@ -94,6 +102,13 @@ fn installer_iso_with_boot_command_and_http_answer_file() {
         ctx.read_from_partition(&disk, "/root/installed-by")
             .as_deref(),
         Some("installed-over-http\n")
+    );
+    let keys = ctx
+        .read_from_partition(&disk, "/root/.ssh/authorized_keys")
+        .expect("authorized_keys is in the image");
+    assert!(
+        !keys.contains("kiln-temporary"),
+        "the temporary key is cleared from the image: {keys}"
     );
     assert_eq!(
         ctx.read_from_partition(&disk, "/root/provisioned")

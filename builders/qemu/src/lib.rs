@@ -77,6 +77,10 @@ struct Settings {
     shutdown_timeout: Duration,
     pause_before_connecting: Option<Duration>,
     ssh: Option<SshConfig>,
+    /// No key or password given: kiln makes a key pair for the build (type, bits) and offers its
+    /// public half through a cloud-init seed on the HTTP server.
+    temp_key: Option<(String, Option<u64>)>,
+    clear_authorized_keys: bool,
 }
 
 pub struct QemuBuilder {
@@ -254,6 +258,16 @@ fn settings(build: &str, q: &QemuConfig, ssh: &SshOpts) -> std::result::Result<S
             .pause_before_connecting
             .or(ssh.pause_before_ssh)
             .map(|d| d.0),
+        temp_key: ssh_cfg
+            .as_ref()
+            .filter(|c| c.password.is_none() && c.private_key_file.is_none())
+            .map(|_| {
+                (
+                    t(&ssh.temporary_key_pair_type).unwrap_or_else(|| "ed25519".into()),
+                    ssh.temporary_key_pair_bits.map(|b| b.0),
+                )
+            }),
+        clear_authorized_keys: flag(ssh.ssh_clear_authorized_keys),
         ssh: ssh_cfg,
     })
 }
@@ -510,13 +524,34 @@ impl Builder for QemuBuilder {
             cdroms.push(iso.display().to_string());
         }
 
-        let http = if s.http_directory.is_some() || !s.http_content.is_empty() {
+        let mut http_content = s.http_content.clone();
+        let temp_key = match &s.temp_key {
+            Some((kind, bits)) => {
+                let k = make_temp_key(&wd, kind, *bits, &s.build)?;
+                let user = s.ssh.as_ref().map_or("root", |c| c.user.as_str());
+                em.say(format!("no ssh_password or ssh_private_key_file: using a temporary {kind} key pair, offered to the guest in a cloud-init seed (http://10.0.2.2:PORT/user-data)"));
+                for v in http_content.values_mut() {
+                    *v = v
+                        .replace("{{ .SSHPublicKey }}", &k.1)
+                        .replace("{{.SSHPublicKey}}", &k.1);
+                }
+                http_content.entry("/user-data".into()).or_insert_with(|| {
+                    format!("#cloud-config\nusers:\n  - name: {user}\n    ssh_authorized_keys:\n      - {}\n", k.1)
+                });
+                http_content
+                    .entry("/meta-data".into())
+                    .or_insert_with(|| format!("instance-id: kiln-{}\n", sanitize(&s.build)));
+                Some(k)
+            }
+            None => None,
+        };
+        let http = if s.http_directory.is_some() || !http_content.is_empty() {
             let h = http::HttpServer::start(
                 &s.http_bind,
                 s.http_ports.0,
                 s.http_ports.1,
                 s.http_directory.clone(),
-                s.http_content.clone(),
+                http_content,
                 em.clone(),
             )?;
             em.say(format!(
@@ -541,6 +576,9 @@ impl Builder for QemuBuilder {
             vars.insert("HTTPPort".to_string(), h.port.to_string());
             vars.insert("HTTPAddr".to_string(), format!("10.0.2.2:{}", h.port));
         }
+        if let Some((_, public)) = &temp_key {
+            vars.insert("SSHPublicKey".to_string(), public.clone());
+        }
         let guest_port = s.ssh.as_ref().map_or(22, |c| c.port);
         let console = wd.join("console.log");
         let qmp_sock = wd.join("qmp.sock");
@@ -561,6 +599,14 @@ impl Builder for QemuBuilder {
             }
             None => None,
         };
+        let mut extra_args = s.extra_args.clone();
+        if let (Some(_), Some(h)) = (&temp_key, &http) {
+            // Where cloud-init's NoCloud datasource finds the seed.
+            extra_args.extend([
+                "-smbios".to_string(),
+                format!("type=1,serial=ds=nocloud-net;s=http://10.0.2.2:{}/", h.port),
+            ]);
+        }
         let args = argv::build(&argv::ArgvInput {
             vm_name: &s.vm_name,
             machine_type: &s.machine_type,
@@ -585,7 +631,7 @@ impl Builder for QemuBuilder {
             events_socket: (!s.disk_image).then(|| events_sock.display().to_string()),
             serial_log: console.display().to_string(),
             qemuargs: &s.qemuargs,
-            extra: &s.extra_args,
+            extra: &extra_args,
             vars: &vars,
         });
         em.debug(format!(
@@ -686,6 +732,9 @@ impl Builder for QemuBuilder {
             ));
             let mut c = cfg.clone();
             c.port = port;
+            if let Some((path, _)) = &temp_key {
+                c.private_key_file = Some(path.clone());
+            }
             let console2 = console.clone();
             let stderr2 = stderr_path.clone();
             let alive: kiln_ssh::Liveness = Box::new(move || {
@@ -730,10 +779,52 @@ impl Builder for QemuBuilder {
             accel,
             base_sha256,
             virtual_size: vsize,
+            temp_key_comment: temp_key.as_ref().map(|_| temp_key_comment(&s.build)),
             qemu_version: self.qemu_version.get().cloned().unwrap_or_default(),
             work,
         }))
     }
+}
+
+fn temp_key_comment(build: &str) -> String {
+    format!("kiln-temporary-{}", sanitize(build))
+}
+
+/// Makes a key pair with ssh-keygen in the work dir; (private key path, public key line).
+fn make_temp_key(
+    dir: &Path,
+    kind: &str,
+    bits: Option<u64>,
+    build: &str,
+) -> Result<(PathBuf, String)> {
+    let path = dir.join("temporary_key");
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args([
+        "-q",
+        "-t",
+        kind,
+        "-N",
+        "",
+        "-C",
+        &temp_key_comment(build),
+        "-f",
+    ])
+    .arg(&path);
+    if let Some(b) = bits {
+        cmd.args(["-b", &b.to_string()]);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| Error::io("cannot run ssh-keygen (apt-get install openssh-client)", e))?;
+    if !out.status.success() {
+        return Err(Error::failed(format!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let public = std::fs::read_to_string(path.with_extension("pub"))
+        .map_err(|e| Error::io("cannot read the temporary public key", e))?;
+    Ok((path, public.trim().to_string()))
 }
 
 /// Types boot_command over QMP, filling run-time placeholders first.
@@ -819,6 +910,8 @@ struct QemuMachine {
     base_sha256: String,
     virtual_size: u64,
     qemu_version: String,
+    /// The comment that marks the temporary public key (for ssh_clear_authorized_keys).
+    temp_key_comment: Option<String>,
     work: WorkDir,
 }
 
@@ -880,6 +973,23 @@ impl Machine for QemuMachine {
         dest: &Path,
     ) -> Result<Artifact> {
         let t0 = Instant::now();
+        if let (true, Some(comment), Some(comm)) = (
+            self.s.clear_authorized_keys,
+            &self.temp_key_comment,
+            self.comm.as_mut(),
+        ) {
+            em.say("removing the temporary key from ~/.ssh/authorized_keys (ssh_clear_authorized_keys)");
+            let script = format!("f=~/.ssh/authorized_keys; if [ -f \"$f\" ]; then grep -v -F '{comment}' \"$f\" > \"$f.kiln\"; cat \"$f.kiln\" > \"$f\"; rm -f \"$f.kiln\"; fi");
+            match comm.exec(&script, &mut |l| em.output(l)) {
+                Ok(0) => {}
+                Ok(code) => {
+                    return Err(Error::failed(format!(
+                        "removing the temporary key failed (exit {code})"
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let cmd = self.s.shutdown_command.clone();
         match (&cmd, self.comm.as_mut()) {
             (Some(cmd), Some(comm)) => {
