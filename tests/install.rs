@@ -171,3 +171,46 @@ fn an_installer_that_never_brings_up_ssh_times_out_with_the_console_tail() {
     assert!(ctx.qemu_pids().is_empty());
     assert!(!ctx.dir.join("out-broken").exists());
 }
+
+#[test]
+fn communicator_none_waits_for_an_unattended_install_to_power_off() {
+    let ctx = Ctx::new("install-none");
+    sums(&ctx);
+    let inst = common::installer_dir();
+    std::fs::create_dir_all(ctx.dir.join("http")).expect("http dir");
+    std::fs::copy(
+        inst.join("payload.tar.gz"),
+        ctx.dir.join("http/payload.tar.gz"),
+    )
+    .expect("payload");
+    ctx.write(
+        "http/answer.txt",
+        "payload=payload.tar.gz\nmarker=unattended\n",
+    );
+    // No SSH at all: the installer's final reboot ends qemu (-no-reboot), which is the power-off
+    // the none communicator waits for.
+    let media = "  http_directory       = \"http\"\n  communicator         = \"none\"\n  qemu_extra_args      = [\"-no-reboot\"]\n  shutdown_timeout     = \"2m\"";
+    let t = template(
+        &ctx,
+        "unattended",
+        media,
+        "install ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/answer.txt<enter>",
+    );
+    // The template's provisioner needs SSH; drop the build's provisioner for this one.
+    let text_t = std::fs::read_to_string(&t).expect("read");
+    let cut = text_t.find("  provisioner").expect("provisioner block");
+    std::fs::write(&t, format!("{}}}\n", &text_t[..cut])).expect("write");
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(
+        s.contains("communicator none: waiting for the guest to power itself off"),
+        "{s}"
+    );
+    let disk = ctx.dir.join("out-unattended/unattended.qcow2");
+    assert_eq!(
+        ctx.read_from_partition(&disk, "/root/installed-by")
+            .as_deref(),
+        Some("unattended\n")
+    );
+}
