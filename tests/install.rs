@@ -61,10 +61,8 @@ fn sums(ctx: &Ctx) {
     std::fs::write(ctx.dir.join("SHA256SUMS"), out.stdout).expect("write sums");
 }
 
-#[test]
-fn installer_iso_with_boot_command_and_http_answer_file() {
-    let ctx = Ctx::new("install-http");
-    sums(&ctx);
+/// `http/` with the payload and an answer file naming it and `marker`.
+fn http_answer(ctx: &Ctx, marker: &str) {
     let inst = common::installer_dir();
     std::fs::create_dir_all(ctx.dir.join("http")).expect("http dir");
     std::fs::copy(
@@ -74,8 +72,15 @@ fn installer_iso_with_boot_command_and_http_answer_file() {
     .expect("payload");
     ctx.write(
         "http/answer.txt",
-        "payload=payload.tar.gz\nmarker=installed-over-http\n",
+        &format!("payload=payload.tar.gz\nmarker={marker}\n"),
     );
+}
+
+#[test]
+fn installer_iso_with_boot_command_and_http_answer_file() {
+    let ctx = Ctx::new("install-http");
+    sums(&ctx);
+    http_answer(&ctx, "installed-over-http");
     let t = template(
         &ctx,
         "viahttp",
@@ -176,17 +181,7 @@ fn an_installer_that_never_brings_up_ssh_times_out_with_the_console_tail() {
 fn communicator_none_waits_for_an_unattended_install_to_power_off() {
     let ctx = Ctx::new("install-none");
     sums(&ctx);
-    let inst = common::installer_dir();
-    std::fs::create_dir_all(ctx.dir.join("http")).expect("http dir");
-    std::fs::copy(
-        inst.join("payload.tar.gz"),
-        ctx.dir.join("http/payload.tar.gz"),
-    )
-    .expect("payload");
-    ctx.write(
-        "http/answer.txt",
-        "payload=payload.tar.gz\nmarker=unattended\n",
-    );
+    http_answer(&ctx, "unattended");
     // No SSH at all: the installer's final reboot ends qemu (-no-reboot), which is the power-off
     // the none communicator waits for.
     let media = "  http_directory       = \"http\"\n  communicator         = \"none\"\n  qemu_extra_args      = [\"-no-reboot\"]\n  shutdown_timeout     = \"2m\"";
