@@ -118,9 +118,9 @@ enum Cmd {
         #[arg(long = "syntax-only")]
         syntax_only: bool,
     },
-    /// Show a template's variables, sources and builds
+    /// Show a template's variables, sources and builds, or an image's manifest (tag, id, or id prefix)
     #[command(
-        after_help = "Examples:\n  kiln inspect templates/quickstart.pkr.hcl\n  kiln inspect -var memory=1024 templates/quickstart.json"
+        after_help = "Examples:\n  kiln inspect templates/quickstart.pkr.hcl\n  kiln inspect -var memory=1024 templates/quickstart.json\n  kiln inspect quickstart          (an image in the store)"
     )]
     Inspect {
         #[command(flatten)]
