@@ -138,6 +138,15 @@ impl Ctx {
 
     /// Reads a file from an ext4 image (qcow2 or raw) without booting it.
     pub fn read_from_image(&self, image: &Path, path: &str) -> Option<String> {
+        self.debugfs_cat(image, path, false)
+    }
+
+    /// Reads a file from the first partition of an MBR-partitioned image (what installers make).
+    pub fn read_from_partition(&self, image: &Path, path: &str) -> Option<String> {
+        self.debugfs_cat(image, path, true)
+    }
+
+    fn debugfs_cat(&self, image: &Path, path: &str, partitioned: bool) -> Option<String> {
         let raw = self
             .dir
             .join(format!("read-{}.raw", N.fetch_add(1, Ordering::SeqCst)));
@@ -148,43 +157,22 @@ impl Ctx {
             .status()
             .ok()?;
         assert!(st.success(), "qemu-img convert {}", image.display());
+        let target = if partitioned {
+            let mbr = std::fs::read(&raw).ok()?;
+            assert_eq!(
+                &mbr[510..512],
+                &[0x55, 0xAA],
+                "no MBR on {}",
+                image.display()
+            );
+            let start = u64::from(u32::from_le_bytes([mbr[454], mbr[455], mbr[456], mbr[457]]));
+            format!("{}?offset={}", raw.display(), start * 512)
+        } else {
+            raw.display().to_string()
+        };
         let out = Command::new("debugfs")
             .args(["-R", &format!("cat {path}")])
-            .arg(&raw)
-            .output()
-            .ok()?;
-        let _ = std::fs::remove_file(&raw);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("File not found") || !out.status.success() {
-            return None;
-        }
-        Some(text)
-    }
-
-    /// Reads a file from the first partition of an MBR-partitioned image (what installers make).
-    pub fn read_from_partition(&self, image: &Path, path: &str) -> Option<String> {
-        let raw = self
-            .dir
-            .join(format!("part-{}.raw", N.fetch_add(1, Ordering::SeqCst)));
-        let st = Command::new("qemu-img")
-            .args(["convert", "-O", "raw"])
-            .arg(image)
-            .arg(&raw)
-            .status()
-            .ok()?;
-        assert!(st.success(), "qemu-img convert {}", image.display());
-        let mbr = std::fs::read(&raw).ok()?;
-        assert_eq!(
-            &mbr[510..512],
-            &[0x55, 0xAA],
-            "no MBR on {}",
-            image.display()
-        );
-        let start = u32::from_le_bytes([mbr[454], mbr[455], mbr[456], mbr[457]]) as u64;
-        let out = Command::new("debugfs")
-            .args(["-R", &format!("cat {path}")])
-            .arg(format!("{}?offset={}", raw.display(), start * 512))
+            .arg(&target)
             .output()
             .ok()?;
         let _ = std::fs::remove_file(&raw);

@@ -66,19 +66,8 @@ fn scan_line(line: &str, start_in_comment: bool) -> LineInfo {
                 i += 1;
                 continue;
             }
-            Some('t') => {
-                match c {
-                    '"' => ctx.push('q'),
-                    '{' => ctx.push('b'),
-                    '}' => {
-                        ctx.pop();
-                    }
-                    _ => {}
-                }
-                i += 1;
-                continue;
-            }
-            Some('b') => {
+            // Inside `${ }` (t) or a brace nested in it (b): the same rules.
+            Some('t') | Some('b') => {
                 match c {
                     '"' => ctx.push('q'),
                     '{' => ctx.push('b'),
