@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{text, Ctx};
+use common::{skopeo, text, Ctx};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -150,29 +150,20 @@ fn a_registry_shares_images_and_the_build_cache_between_stores() {
     );
 
     // skopeo reads what kiln pushed, and kiln pulls what skopeo copied from kiln's layout.
-    let insp = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{r}"))
-        .output()
-        .expect("skopeo");
-    assert!(
-        insp.status.success(),
-        "{}",
-        String::from_utf8_lossy(&insp.stderr)
-    );
-    assert!(String::from_utf8_lossy(&insp.stdout).contains("application/vnd.kiln.image.v1"));
+    let insp = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{r}"),
+    ]);
+    assert!(String::from_utf8_lossy(&insp).contains("application/vnd.kiln.image.v1"));
     let via_skopeo = format!("{}/other/copied:s1", reg.host);
-    let copy = Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:shared", ctx.dir.join("store-a").display()))
-        .arg(format!("docker://{via_skopeo}"))
-        .output()
-        .expect("skopeo copy");
-    assert!(
-        copy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&copy.stderr)
-    );
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:shared", ctx.dir.join("store-a").display()),
+        &format!("docker://{via_skopeo}"),
+    ]);
     assert!(
         in_store(&ctx, "store-e", &["pull", "--plain-http", &via_skopeo])
             .status

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{text, Ctx};
+use common::{skopeo, text, Ctx};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -94,33 +94,22 @@ fn unchanged_rebuild_is_a_cache_hit_and_a_changed_script_rebuilds() {
     assert!(text(&images).contains("cached"), "{}", text(&images));
     let verify = ctx.kiln(&["verify"]);
     assert!(verify.status.success(), "{}", text(&verify));
-    let raw = Command::new("skopeo")
-        .args(["inspect", "--raw"])
-        .arg(format!("oci:{}:cached", store.display()))
-        .output()
-        .expect("skopeo runs (scripts/setup.sh installs it)");
-    assert!(
-        raw.status.success(),
-        "{}",
-        String::from_utf8_lossy(&raw.stderr)
-    );
-    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).expect("manifest JSON");
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci:{}:cached", store.display()),
+    ]);
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).expect("manifest JSON");
     assert_eq!(manifest["artifactType"], "application/vnd.kiln.image.v1");
     assert_eq!(
         manifest["layers"][0]["mediaType"],
         "application/vnd.kiln.disk.qcow2"
     );
-    let copy = Command::new("skopeo")
-        .args(["copy"])
-        .arg(format!("oci:{}:cached", store.display()))
-        .arg(format!("dir:{}", ctx.dir.join("copied").display()))
-        .output()
-        .expect("skopeo copy");
-    assert!(
-        copy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&copy.stderr)
-    );
+    skopeo(&[
+        "copy",
+        &format!("oci:{}:cached", store.display()),
+        &format!("dir:{}", ctx.dir.join("copied").display()),
+    ]);
     let layer = manifest["layers"][0]["digest"]
         .as_str()
         .unwrap_or_default()

@@ -243,6 +243,21 @@ impl Drop for Ctx {
     }
 }
 
+/// Runs skopeo (scripts/setup.sh installs it), asserting success; its stdout.
+pub fn skopeo(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("skopeo runs (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "skopeo {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "{}{}",

@@ -178,6 +178,19 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
                 kiln_store::short(&id),
                 &key[..19.min(key.len())]
             ));
+            // Verify on read: a reused image is rehashed before it is handed out. (A just-built
+            // one is not: commit_image hashed it moments ago.)
+            if let Some(problem) = opts
+                .store
+                .verify(std::slice::from_ref(&id))
+                .map_err(store_err)?
+                .into_iter()
+                .next()
+            {
+                return Err(Error::failed(format!(
+                    "image store: {problem}; rebuild with -force"
+                )));
+            }
             let mut artifact = materialize(
                 &opts.store,
                 &id,
@@ -393,7 +406,8 @@ pub fn cache_key(inputs: &serde_json::Value, secrets: &[String], store_secret: &
 }
 
 /// Puts image `id`'s disk into output_directory (a copy, through a staging dir renamed into
-/// place). An existing output_directory that already holds this disk is left alone.
+/// place). An existing output_directory that already holds this disk is left alone. The caller
+/// has verified the image.
 fn materialize(
     store: &Store,
     id: &str,
@@ -410,7 +424,6 @@ fn materialize(
         .ok_or_else(|| Error::failed(format!("image {id} has no disk layer")))?
         .to_string();
     let blob = store.blob_path(&digest);
-    store.verify_blob(&digest).map_err(store_err)?;
     let target = out_dir.join(vm_name);
     let mut data = BTreeMap::new();
     data.insert(
