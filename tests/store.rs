@@ -159,45 +159,85 @@ fn unchanged_rebuild_is_a_cache_hit_and_a_changed_script_rebuilds() {
 }
 
 #[test]
-fn two_builds_into_one_store_at_once_both_land() {
+fn two_builds_of_one_name_into_one_store_at_once_both_land_and_survive_gc() {
+    // Same build name (so the same tag), different scripts and outputs, at once: both images stay
+    // in the store (the tag moves to the one that landed last; the other is listed untagged) and
+    // `kiln gc` keeps both.
     let ctx = Ctx::new("concurrent");
     let qemu = ctx.qemu_counter();
     ctx.write("a.sh", "#!/bin/sh\necho a > /root/who\n");
     ctx.write("b.sh", "#!/bin/sh\necho b > /root/who\n");
-    let ta = template(&ctx, "ja", &qemu, "a.sh");
-    let tb = template(&ctx, "jb", &qemu, "b.sh");
-    let pa = ctx
-        .cmd(&["build", ta.to_str().unwrap_or_default()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn a");
-    let pb = ctx
-        .cmd(&["build", tb.to_str().unwrap_or_default()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn b");
+    let write = |dir: &str, script: &str| {
+        let src = ctx.source(
+            "jc",
+            &format!(
+                "  qemu_binary = \"{}\"\n  output_directory = \"out-{dir}\"",
+                qemu.display()
+            ),
+        );
+        ctx.write(
+            &format!("{dir}.pkr.hcl"),
+            &format!("{src}\nbuild {{\n  sources = [\"source.qemu.jc\"]\n  provisioner \"shell\" {{\n    script = \"{script}\"\n  }}\n}}\n"),
+        )
+    };
+    let (ta, tb) = (write("a", "a.sh"), write("b", "b.sh"));
+    let spawn = |t: &std::path::Path| {
+        ctx.cmd(&["build", t.to_str().unwrap_or_default()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let (pa, pb) = (spawn(&ta), spawn(&tb));
     let (oa, ob) = (
         pa.wait_with_output().expect("a"),
         pb.wait_with_output().expect("b"),
     );
     assert!(oa.status.success(), "{}", text(&oa));
     assert!(ob.status.success(), "{}", text(&ob));
+    let gc = ctx.kiln(&["gc"]);
+    assert!(gc.status.success(), "{}", text(&gc));
     let images = text(&ctx.kiln(&["images"]));
-    assert!(images.contains("ja") && images.contains("jb"), "{images}");
+    let rows: Vec<&str> = images.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{images}");
+    assert_eq!(
+        rows.iter().filter(|r| r.starts_with("jc ")).count(),
+        1,
+        "{images}"
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r.starts_with("<none>")).count(),
+        1,
+        "{images}"
+    );
     assert!(ctx.kiln(&["verify"]).status.success());
     store_blobs_match_their_names(&ctx.dir.join("store"));
-    assert_eq!(
-        ctx.read_from_image(&ctx.dir.join("out-ja/disk.qcow2"), "/root/who")
-            .as_deref(),
-        Some("a\n")
-    );
-    assert_eq!(
-        ctx.read_from_image(&ctx.dir.join("out-jb/disk.qcow2"), "/root/who")
-            .as_deref(),
-        Some("b\n")
-    );
+    // Each image's disk is still in the store: export both by id and read them back.
+    for row in rows {
+        let id = row.split_whitespace().nth(1).unwrap_or_default();
+        let out = ctx.dir.join(format!("{}.qcow2", &id[7..]));
+        let e = ctx.kiln(&[
+            "export",
+            id,
+            "-o",
+            out.to_str().unwrap_or_default(),
+            "--format",
+            "qcow2",
+        ]);
+        assert!(e.status.success(), "{}", text(&e));
+        let who = ctx.read_from_image(&out, "/root/who");
+        assert!(
+            matches!(who.as_deref(), Some("a\n") | Some("b\n")),
+            "{who:?}"
+        );
+    }
+    for (dir, who) in [("a", "a\n"), ("b", "b\n")] {
+        assert_eq!(
+            ctx.read_from_image(&ctx.dir.join(format!("out-{dir}/disk.qcow2")), "/root/who")
+                .as_deref(),
+            Some(who)
+        );
+    }
 }
 
 #[test]
@@ -380,5 +420,150 @@ fn post_processors_run_on_builds_and_on_cache_hits() {
         manifest["builds"].as_array().map(Vec::len),
         Some(2),
         "manifest entries are appended per run"
+    );
+}
+
+#[test]
+fn read_only_commands_create_nothing_and_bad_names_are_refused() {
+    let ctx = Ctx::bare("readonly");
+    let missing = ctx.dir.join("no-store-here");
+    let m = missing.to_str().unwrap_or_default();
+    for args in [
+        vec!["--store", m, "inspect", "web"],
+        vec!["--store", m, "verify"],
+        vec!["--store", m, "tag", "web", "v2"],
+        vec!["--store", m, "rm", "web"],
+        vec!["--store", m, "gc"],
+        vec!["--store", m, "export", "web", "-o", "x.raw"],
+    ] {
+        let out = ctx.kiln(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("no kiln store at"),
+            "{args:?}: {}",
+            text(&out)
+        );
+        assert!(!missing.exists(), "{args:?} created a store");
+    }
+    let images = ctx.kiln(&["--store", m, "images"]);
+    assert!(images.status.success(), "{}", text(&images));
+    assert!(!missing.exists(), "images created a store");
+
+    // A store with one (hand-made) image: a bad tag is refused with the grammar; an unknown name
+    // in inspect says it is neither a template nor an image.
+    let store = ctx.dir.join("store");
+    let st = kiln_store::Store::open(&store).expect("store");
+    let blob = |bytes: &[u8]| st.put_bytes(bytes).expect("put").digest;
+    let cfg = blob(b"{}");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"config":{{"mediaType":"application/json","digest":"{cfg}","size":2}},"layers":[]}}"#
+    );
+    let id = blob(manifest.as_bytes());
+    let index = |digest: &str| {
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"web"}}}}]}}"#,
+            manifest.len()
+        )
+    };
+    std::fs::write(store.join("index.json"), index(&id)).expect("index");
+    let long = "t".repeat(5000);
+    for bad in ["", "a b", "../../x", long.as_str()] {
+        let out = ctx.kiln(&["tag", "web", bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert!(text(&out).contains("OCI tag grammar"), "{}", text(&out));
+    }
+    assert!(ctx.kiln(&["tag", "web", "v1.0"]).status.success());
+    let out = ctx.kiln(&["inspect", "nosuchimage"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("neither a template file or directory nor an image in the store"),
+        "{}",
+        text(&out)
+    );
+    let out = ctx.kiln(&["inspect", "v1.0"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A digest that walks out of the store never becomes a path; a malformed index stops gc.
+    std::fs::write(
+        store.join("index.json"),
+        index("sha256:../../../../etc/hostname"),
+    )
+    .expect("index");
+    for args in [
+        vec!["verify"],
+        vec!["inspect", "web"],
+        vec!["export", "web", "-o", "x.raw"],
+        vec!["gc"],
+    ] {
+        let out = ctx.kiln(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out).contains("index.json"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    std::fs::write(store.join("index.json"), r#"{"manifests": 5}"#).expect("index");
+    let out = ctx.kiln(&["gc"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("index.json"), "{}", text(&out));
+    assert!(
+        store.join("blobs/sha256").join(&id[7..]).exists(),
+        "gc deleted blobs"
+    );
+}
+
+#[test]
+fn sigterm_during_the_store_phase_publishes_nothing() {
+    let ctx = Ctx::new("storeterm");
+    let qemu = ctx.qemu_counter();
+    ctx.write("s.sh", "#!/bin/sh\necho term-run > /root/run\n");
+    let t = template(&ctx, "st", &qemu, "s.sh");
+    let log = ctx.dir.join("kiln.log");
+    let f = std::fs::File::create(&log).expect("log");
+    let mut child = ctx
+        .cmd(&["build", t.to_str().unwrap_or_default()])
+        .env("KILN_FAILPOINT", "store-before-rename")
+        .env("KILN_FAILPOINT_SECS", "3")
+        .stdout(f.try_clone().expect("dup"))
+        .stderr(f)
+        .spawn()
+        .expect("spawn");
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = std::fs::read_to_string(&log).unwrap_or_default();
+        if s.contains("exported disk.qcow2") {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "kiln ended early:\n{s}"
+        );
+        assert!(Instant::now() < end, "no export within 120s:\n{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().expect("wait");
+    let s = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(st.code(), Some(143), "{s}");
+    assert!(
+        !ctx.dir.join("out-st").exists(),
+        "a cancelled build published its output:\n{s}"
+    );
+    assert!(s.contains("is whole in the store"), "{s}");
+    assert!(s.contains("nothing was published"), "{s}");
+    let images = text(&ctx.kiln(&["images"]));
+    assert!(images.lines().any(|l| l.starts_with("st ")), "{images}");
+    assert!(ctx.kiln(&["verify"]).status.success());
+    assert!(ctx.qemu_pids().is_empty());
+    // The next run is a cache hit that publishes it.
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("up to date"), "{}", text(&out));
+    assert_eq!(
+        ctx.read_from_image(&ctx.dir.join("out-st/disk.qcow2"), "/root/run")
+            .as_deref(),
+        Some("term-run\n")
     );
 }

@@ -4,9 +4,22 @@ use kiln_store::{short, Store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Opens (creating if needed) the store for a command that writes images: build, pull.
 pub fn open(store: &Option<PathBuf>) -> Result<Store, ExitCode> {
     let root = store.clone().unwrap_or_else(kiln_store::default_root);
     Store::open(&root).map_err(|e| {
+        eprintln!(
+            "error: cannot open the image store at {}: {e}",
+            root.display()
+        );
+        ExitCode::from(1)
+    })
+}
+
+/// Opens an existing store, creating nothing: for every other command.
+pub fn open_existing(store: &Option<PathBuf>) -> Result<Store, ExitCode> {
+    let root = store.clone().unwrap_or_else(kiln_store::default_root);
+    Store::open_existing(&root).map_err(|e| {
         eprintln!(
             "error: cannot open the image store at {}: {e}",
             root.display()
@@ -35,9 +48,9 @@ fn human(n: u64) -> String {
     }
 }
 
-pub fn images(store: &Store) -> ExitCode {
-    let list = match store.images() {
-        Ok(l) => l,
+pub fn images(store: Option<&Store>) -> ExitCode {
+    let list = match store.map(Store::images).transpose() {
+        Ok(l) => l.unwrap_or_default(),
         Err(e) => return fail(e),
     };
     println!(
@@ -45,6 +58,7 @@ pub fn images(store: &Store) -> ExitCode {
         "TAG", "IMAGE ID", "DISK", "SIZE", "CREATED"
     );
     for img in list.iter().rev() {
+        let Some(store) = store else { break };
         let cfg = store.read_json(&img.id).ok().and_then(|m| {
             m["config"]["digest"]
                 .as_str()
@@ -157,7 +171,16 @@ pub fn rm(store: &Store, image: &str) -> ExitCode {
     }
 }
 
-pub fn gc(store: &Store) -> ExitCode {
+pub fn gc(store: &Store, untagged: bool) -> ExitCode {
+    if untagged {
+        match store.remove_untagged() {
+            Ok(n) => println!(
+                "removed {n} untagged image{} from the index",
+                if n == 1 { "" } else { "s" }
+            ),
+            Err(e) => return fail(e),
+        }
+    }
     match store.gc() {
         Ok((n, bytes)) => {
             println!(
@@ -190,10 +213,14 @@ pub fn export(store: &Store, image: &str, out: &Path, format: &str) -> ExitCode 
         .as_str()
         .and_then(|t| t.rsplit('.').next())
         .unwrap_or("qcow2");
+    let blob = match store.blob_path(digest) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
     let tmp = out.with_extension("kiln-part");
     let st = std::process::Command::new("qemu-img")
         .args(["convert", "-f", src_format, "-O", format])
-        .arg(store.blob_path(digest))
+        .arg(blob)
         .arg(&tmp)
         .status();
     match st {

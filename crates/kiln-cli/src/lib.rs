@@ -197,7 +197,14 @@ enum Cmd {
     /// Remove an image from the store's index (`kiln gc` frees its blobs)
     Rm { image: String },
     /// Remove blobs no image references
-    Gc,
+    #[command(
+        after_help = "An image whose tag moved to a newer build stays in the store, untagged (`<none>` in `kiln images`), until `kiln rm` or `kiln gc --untagged` removes it."
+    )]
+    Gc {
+        /// First remove every untagged image from the index
+        #[arg(long)]
+        untagged: bool,
+    },
     /// Write an image's disk to a file
     #[command(
         after_help = "Examples:\n  kiln export quickstart -o quickstart.raw --format raw\n  kiln export sha256:1a2b3c -o disk.vmdk --format vmdk"
@@ -286,31 +293,60 @@ pub fn main() -> ExitCode {
         Cmd::Inspect { t } => {
             let as_image = !t.template.exists() && t.vars.is_empty() && t.var_files.is_empty();
             if as_image {
-                match images::open(&cli.store) {
-                    Ok(store) if store.resolve(&t.template.to_string_lossy()).is_ok() => {
-                        return images::inspect(&store, &t.template.to_string_lossy())
+                let name = t.template.to_string_lossy().into_owned();
+                let root = cli.store.clone().unwrap_or_else(kiln_store::default_root);
+                return match kiln_store::Store::open_existing(&root) {
+                    Ok(store) => match store.resolve(&name) {
+                        Ok(_) => images::inspect(&store, &name),
+                        Err(e @ kiln_store::StoreError::Ambiguous(..)) => {
+                            eprintln!("error: {e}");
+                            ExitCode::from(1)
+                        }
+                        Err(_) => {
+                            eprintln!("error: {name:?} is neither a template file or directory nor an image in the store at {} (see `kiln images`)", root.display());
+                            ExitCode::from(1)
+                        }
+                    },
+                    Err(e) => {
+                        eprintln!("error: {name:?} is not a template file or directory, and it cannot be looked up as an image: {e}");
+                        ExitCode::from(1)
                     }
-                    _ => {}
-                }
+                };
             }
             inspect(&t)
         }
-        Cmd::Images => images::open(&cli.store).map_or_else(|c| c, |s| images::images(&s)),
+        Cmd::Images => {
+            let root = cli.store.clone().unwrap_or_else(kiln_store::default_root);
+            match kiln_store::Store::open_existing(&root) {
+                // No store yet: nothing built, nothing to list (and nothing created).
+                Err(kiln_store::StoreError::NoStore(_)) => images::images(None),
+                Ok(s) => images::images(Some(&s)),
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot open the image store at {}: {e}",
+                        root.display()
+                    );
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Verify { images: names } => {
-            images::open(&cli.store).map_or_else(|c| c, |s| images::verify(&s, &names))
+            images::open_existing(&cli.store).map_or_else(|c| c, |s| images::verify(&s, &names))
         }
         Cmd::Tag { image, name } => {
-            images::open(&cli.store).map_or_else(|c| c, |s| images::tag(&s, &image, &name))
+            images::open_existing(&cli.store).map_or_else(|c| c, |s| images::tag(&s, &image, &name))
         }
         Cmd::Rm { image } => {
-            images::open(&cli.store).map_or_else(|c| c, |s| images::rm(&s, &image))
+            images::open_existing(&cli.store).map_or_else(|c| c, |s| images::rm(&s, &image))
         }
-        Cmd::Gc => images::open(&cli.store).map_or_else(|c| c, |s| images::gc(&s)),
+        Cmd::Gc { untagged } => {
+            images::open_existing(&cli.store).map_or_else(|c| c, |s| images::gc(&s, untagged))
+        }
         Cmd::Export {
             image,
             output,
             format,
-        } => images::open(&cli.store)
+        } => images::open_existing(&cli.store)
             .map_or_else(|c| c, |s| images::export(&s, &image, &output, &format)),
         Cmd::Build {
             t,
@@ -344,7 +380,7 @@ pub fn main() -> ExitCode {
             image,
             reference,
             plain_http,
-        } => images::open(&cli.store).map_or_else(
+        } => images::open_existing(&cli.store).map_or_else(
             |c| c,
             |s| registry::push(&s, &image, &reference, plain_http),
         ),

@@ -102,6 +102,32 @@ fn job(b: &BuildPlan, plan: &Plan, run_uuid: &str, d: &mut Diagnostics) -> Optio
         }
         post.push(c);
     }
+    // The image is tagged with the build's name; a legacy JSON `name` may hold characters a
+    // tag cannot, so those become `-`, and the build says so.
+    let name = b.source_name();
+    let tag: String = name
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.is_ascii_alphanumeric() || c == '_' || (i > 0 && (c == '.' || c == '-')) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect();
+    let tag = if kiln_store::check_tag(&tag).is_ok() {
+        tag
+    } else {
+        format!("_{}", &tag[..tag.len().min(127)])
+    };
+    if tag != name {
+        d.push(Diagnostic::warning(
+            format!("build {name:?} is stored under the tag {tag:?}: a tag is A-Z a-z 0-9 _ . - (the OCI tag grammar)"),
+            Some(b.builder.span.clone()),
+        ));
+    }
     Some(Job {
         name: b.source_name().to_string(),
         builder,
@@ -111,7 +137,7 @@ fn job(b: &BuildPlan, plan: &Plan, run_uuid: &str, d: &mut Diagnostics) -> Optio
         secrets: Arc::new(plan.sensitive_values.clone()),
         template_dir: plan.root.clone(),
         template_meta: template_meta(plan),
-        tag: b.source_name().to_string(),
+        tag,
     })
 }
 
@@ -173,7 +199,9 @@ fn resolve_oci_bases(plan: &mut Plan, r: &BaseResolver<'_>, diags: &mut Diagnost
             .read_json(&id)
             .ok()
             .and_then(|m| m["layers"][0]["digest"].as_str().map(str::to_string));
-        let Some(layer) = layer else {
+        let Some((layer, layer_path)) =
+            layer.and_then(|l| r.store.blob_path(&l).ok().map(|p| (l, p)))
+        else {
             diags.push(err(format!("base image {url} has no disk layer")));
             continue;
         };
@@ -186,11 +214,7 @@ fn resolve_oci_bases(plan: &mut Plan, r: &BaseResolver<'_>, diags: &mut Diagnost
                 },
             );
         };
-        set(
-            b,
-            "iso_url",
-            r.store.blob_path(&layer).display().to_string(),
-        );
+        set(b, "iso_url", layer_path.display().to_string());
         set(b, "iso_checksum", layer.clone());
         set(b, "__kiln_base_source", format!("{url} ({id})"));
         if !b.builder.attrs.contains_key("disk_image") {

@@ -199,6 +199,7 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
                 job.builder.kind(),
                 false,
                 em,
+                cancel,
             )?;
             artifact.data.insert("cached".into(), "true".into());
             post_process(job, opts, em, cancel, &BTreeMap::new(), &artifact)?;
@@ -313,8 +314,21 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
             ));
         }
     }
+    // Cancelled once the commit is done: the image is whole in the store, but nothing is
+    // published (materialize checks again right before its rename).
+    let stored_but_cancelled = || {
+        em.say(format!(
+            "cancelled after the store commit: image {} is whole in the store (see `kiln images`); nothing was published to {}",
+            kiln_store::short(&id),
+            out_dir.display()
+        ));
+        Error::Cancelled
+    };
+    if cancel.is_cancelled() {
+        return Err(stored_but_cancelled());
+    }
     em.phase("publish");
-    let mut published = materialize(
+    let mut published = match materialize(
         &opts.store,
         &id,
         &out_dir,
@@ -322,7 +336,11 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
         job.builder.kind(),
         opts.force,
         em,
-    )?;
+        cancel,
+    ) {
+        Err(Error::Cancelled) => return Err(stored_but_cancelled()),
+        r => r?,
+    };
     published.data.extend(artifact.data);
     post_process(job, opts, em, cancel, &vars, &published)?;
     Ok(published)
@@ -408,6 +426,7 @@ pub fn cache_key(inputs: &serde_json::Value, secrets: &[String], store_secret: &
 /// Puts image `id`'s disk into output_directory (a copy, through a staging dir renamed into
 /// place). An existing output_directory that already holds this disk is left alone. The caller
 /// has verified the image.
+#[allow(clippy::too_many_arguments)] // folded into a publish phase struct by the structure issue (11)
 fn materialize(
     store: &Store,
     id: &str,
@@ -416,6 +435,7 @@ fn materialize(
     builder_type: &str,
     force: bool,
     em: &Emitter,
+    cancel: &Cancel,
 ) -> Result<Artifact> {
     let m = store.read_json(id).map_err(store_err)?;
     let layer = &m["layers"][0];
@@ -423,7 +443,7 @@ fn materialize(
         .as_str()
         .ok_or_else(|| Error::failed(format!("image {id} has no disk layer")))?
         .to_string();
-    let blob = store.blob_path(&digest);
+    let blob = store.blob_path(&digest).map_err(store_err)?;
     let target = out_dir.join(vm_name);
     let mut data = BTreeMap::new();
     data.insert(
@@ -476,6 +496,8 @@ fn materialize(
     crate::workdir::copy_file(&blob, &staged)?;
     std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .map_err(|e| Error::io("cannot chmod the output image", e))?;
+    // Cancelled means nothing published: the last check is right before the rename.
+    cancel.check()?;
     let _ = std::fs::remove_file(staging.join("kiln.pid"));
     if out_dir.exists() {
         std::fs::remove_dir_all(out_dir)

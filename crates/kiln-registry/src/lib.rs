@@ -673,7 +673,7 @@ impl Client {
             self.push_blob(
                 &r.repo,
                 digest,
-                &store.blob_path(digest),
+                &store.blob_path(digest)?,
                 *size,
                 &mut |d, t| progress(digest, d, t),
             )?;
@@ -795,12 +795,15 @@ impl Client {
             )));
         }
         let blobs = manifest_blobs(&m);
+        for (d, _) in &blobs {
+            kiln_store::parse_digest(d, &format!("manifest {r}"))?;
+        }
+        // Pinned until the index names them, so a concurrent `kiln gc` keeps what this pull
+        // fetched (or already had) in between.
+        let mut pinned: Vec<String> = blobs.iter().map(|(d, _)| d.clone()).collect();
+        pinned.push(digest.clone());
+        let _pin = store.pin(&pinned)?;
         for (d, size) in &blobs {
-            if !d.starts_with("sha256:") || d.len() != 71 {
-                return Err(RegistryError::Refused(format!(
-                    "manifest {r} names a blob with an unsupported digest {d:?}"
-                )));
-            }
             self.pull_blob(store, &r.repo, d, *size, &mut |g, t| progress(d, g, t))?;
         }
         let mref = store.put_bytes(&bytes)?;

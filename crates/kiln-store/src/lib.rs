@@ -35,6 +35,14 @@ pub enum StoreError {
     Missing(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("{path}: {what}; kiln does not change a store whose index it cannot read: restore index.json from a backup, or move the store aside and build again", path = path.display())]
+    BadIndex { path: PathBuf, what: String },
+    #[error("{what} names the digest {digest:?}, which is not `sha256:` followed by 64 lowercase hex digits")]
+    BadDigest { what: String, digest: String },
+    #[error("invalid tag {0:?}: a tag is 1 to 128 characters from A-Z a-z 0-9 _ . - and does not start with . or - (the OCI tag grammar)")]
+    BadTag(String),
+    #[error("no kiln store at {}: it has no index.json (build an image first, or pass --store DIR of an existing store)", .0.display())]
+    NoStore(PathBuf),
     #[error(
         "no image matches {0:?}: use a tag, a full image id or a unique prefix (see `kiln images`)"
     )]
@@ -55,6 +63,54 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Checks that `digest` is `sha256:` and 64 lowercase hex digits (the only form kiln writes), so
+/// it can become a file name. `what` says where it was read, for the error.
+pub fn parse_digest<'a>(digest: &'a str, what: &str) -> Result<&'a str> {
+    match digest.strip_prefix("sha256:") {
+        Some(h) if h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            Ok(h)
+        }
+        _ => Err(StoreError::BadDigest {
+            what: what.to_string(),
+            digest: digest.chars().take(100).collect(),
+        }),
+    }
+}
+
+/// OCI's tag grammar: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn check_tag(tag: &str) -> Result<()> {
+    let b = tag.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadTag(tag.chars().take(100).collect()))
+    }
+}
+
+/// What the index may hold as `org.opencontainers.image.ref.name`: a tag, or a reference a pull
+/// recorded (`host:port/repo:tag`); OCI's annotation character set `A-Za-z0-9-._:@/+`, and never a
+/// path step `..`.
+pub fn check_ref_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 512
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._:@/+".contains(&c))
+        && !name
+            .split('/')
+            .any(|p| p == ".." || p == "." || p.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadTag(name.chars().take(100).collect()))
+    }
 }
 
 /// A blob reference: `sha256:<hex>` and its size.
@@ -112,18 +168,31 @@ impl Store {
         Ok(s)
     }
 
+    /// Opens an existing store without creating or removing anything: for commands that only
+    /// read (images, inspect, verify, export, push).
+    pub fn open_existing(root: &Path) -> Result<Store> {
+        if !root.join("index.json").is_file() {
+            return Err(StoreError::NoStore(root.to_path_buf()));
+        }
+        let s = Store {
+            root: root.to_path_buf(),
+        };
+        s.read_index()?;
+        Ok(s)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        self.root
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
+    /// The file of blob `digest`; an error unless the digest is well-formed.
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+        let hex = parse_digest(digest, "a blob reference")?;
+        Ok(self.root.join("blobs/sha256").join(hex))
     }
 
     pub fn has_blob(&self, digest: &str) -> bool {
-        self.blob_path(digest).is_file()
+        self.blob_path(digest).is_ok_and(|p| p.is_file())
     }
 
     /// A directory inside the store for files being written (same filesystem as the blobs, so
@@ -159,9 +228,14 @@ impl Store {
             return;
         };
         for e in rd.flatten() {
+            // The pid is in the name too: a dir whose kiln.pid is not written yet is not stale.
             let pid = std::fs::read_to_string(e.path().join("kiln.pid"))
                 .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok());
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .or_else(|| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.split('-').next().and_then(|p| p.parse::<i32>().ok())
+                });
             // SAFETY: kill with signal 0 only checks whether the process exists.
             let alive = pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
             if !alive {
@@ -178,7 +252,7 @@ impl Store {
     }
 
     fn put_hashed(&self, file: &Path, digest: String, size: u64) -> Result<BlobRef> {
-        let target = self.blob_path(&digest);
+        let target = self.blob_path(&digest)?;
         if target.is_file() {
             let _ = std::fs::remove_file(file);
             return Ok(BlobRef { digest, size });
@@ -189,7 +263,11 @@ impl Store {
         if std::env::var_os("KILN_FAILPOINT").is_some_and(|v| v == "store-before-rename")
             && size > 4096
         {
-            std::thread::sleep(std::time::Duration::from_secs(60));
+            let secs = std::env::var("KILN_FAILPOINT_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(60);
+            std::thread::sleep(std::time::Duration::from_secs(secs));
         }
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o444))
             .map_err(io("cannot chmod", file))?;
@@ -222,7 +300,7 @@ impl Store {
 
     /// Reads a blob, verifying its digest.
     pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
-        let p = self.blob_path(digest);
+        let p = self.blob_path(digest)?;
         let bytes = std::fs::read(&p).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 StoreError::Missing(digest.to_string())
@@ -246,7 +324,7 @@ impl Store {
 
     /// Rehashes a blob; Ok when its content matches its name.
     pub fn verify_blob(&self, digest: &str) -> Result<()> {
-        let p = self.blob_path(digest);
+        let p = self.blob_path(digest)?;
         if !p.is_file() {
             return Err(StoreError::Missing(digest.to_string()));
         }
@@ -287,11 +365,44 @@ impl Store {
         Ok(IndexLock { _file: f })
     }
 
+    /// index.json, checked: an object whose `manifests` is a list of descriptors, each with a
+    /// well-formed digest, a size and string annotations. Anything else is an error naming the
+    /// file, so no command acts on a partial understanding of the store.
     pub fn read_index(&self) -> Result<Value> {
         let p = self.root.join("index.json");
         let t = std::fs::read(&p).map_err(io("cannot read", &p))?;
-        serde_json::from_slice(&t)
-            .map_err(|e| StoreError::Invalid(format!("{} is not valid JSON: {e}", p.display())))
+        let bad = |what: String| StoreError::BadIndex {
+            path: p.clone(),
+            what,
+        };
+        let v: Value =
+            serde_json::from_slice(&t).map_err(|e| bad(format!("not valid JSON ({e})")))?;
+        let Some(list) = v.get("manifests").and_then(Value::as_array) else {
+            return Err(bad("`manifests` is missing or not a list".into()));
+        };
+        for (i, m) in list.iter().enumerate() {
+            let Some(d) = m.get("digest").and_then(Value::as_str) else {
+                return Err(bad(format!("manifests[{i}] has no digest string")));
+            };
+            parse_digest(d, &format!("manifests[{i}]")).map_err(|e| bad(e.to_string()))?;
+            if !m.get("size").is_some_and(Value::is_u64) {
+                return Err(bad(format!("manifests[{i}] has no size")));
+            }
+            match m.get("annotations") {
+                None => {}
+                Some(Value::Object(a)) if a.values().all(Value::is_string) => {
+                    if let Some(t) = a.get(REF_NAME).and_then(Value::as_str) {
+                        check_ref_name(t).map_err(|e| bad(format!("manifests[{i}]: {e}")))?;
+                    }
+                }
+                Some(_) => {
+                    return Err(bad(format!(
+                        "manifests[{i}].annotations is not a map of strings"
+                    )))
+                }
+            }
+        }
+        Ok(v)
     }
 
     fn write_index(&self, v: &Value, _lock: &IndexLock) -> Result<()> {
@@ -332,18 +443,14 @@ impl Store {
         tag: Option<&str>,
         lock: &IndexLock,
     ) -> Result<()> {
-        let mut idx = self.read_index()?;
-        let list = idx["manifests"]
-            .as_array_mut()
-            .ok_or_else(|| StoreError::Invalid("index.json has no manifests list".into()))?;
+        parse_digest(&manifest.digest, "the new image")?;
         if let Some(t) = tag {
-            list.retain(|m| m["annotations"][REF_NAME].as_str() != Some(t));
+            check_ref_name(t)?;
         }
-        if let Some(k) = cache_key {
-            list.retain(|m| {
-                !(m["annotations"][CACHE_KEY].as_str() == Some(k)
-                    && m["annotations"][REF_NAME].is_null())
-            });
+        let mut idx = self.read_index()?;
+        let list = manifests_mut(&mut idx);
+        if let Some(t) = tag {
+            untag(list, t);
         }
         let mut ann = serde_json::Map::new();
         if let Some(k) = cache_key {
@@ -353,33 +460,55 @@ impl Store {
             ann.insert(REF_NAME.into(), Value::from(t));
         }
         list.push(json!({"mediaType": MANIFEST_TYPE, "digest": manifest.digest, "size": manifest.size, "annotations": ann}));
+        dedupe(list);
         self.write_index(&idx, lock)
     }
 
-    /// Points `tag` at image `id`.
+    /// Points `tag` at image `id`. The image the tag leaves stays in the store, untagged.
     pub fn tag(&self, id: &str, tag: &str) -> Result<()> {
+        check_tag(tag)?;
         let lock = self.lock()?;
         let mut idx = self.read_index()?;
-        let list = idx["manifests"]
-            .as_array_mut()
-            .ok_or_else(|| StoreError::Invalid("index.json has no manifests list".into()))?;
+        let list = manifests_mut(&mut idx);
         let size = list
             .iter()
             .find(|m| m["digest"] == id)
             .and_then(|m| m["size"].as_u64())
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-        list.retain(|m| m["annotations"][REF_NAME].as_str() != Some(tag));
+        untag(list, tag);
         list.push(json!({"mediaType": MANIFEST_TYPE, "digest": id, "size": size, "annotations": {REF_NAME: tag}}));
+        dedupe(list);
         self.write_index(&idx, &lock)
+    }
+
+    /// Removes every untagged image from the index (`kiln gc --untagged`); returns how many.
+    pub fn remove_untagged(&self) -> Result<usize> {
+        let lock = self.lock()?;
+        let mut idx = self.read_index()?;
+        let list = manifests_mut(&mut idx);
+        let tagged: std::collections::BTreeSet<String> = list
+            .iter()
+            .filter(|m| m["annotations"][REF_NAME].is_string())
+            .filter_map(|m| m["digest"].as_str().map(str::to_string))
+            .collect();
+        let mut gone = std::collections::BTreeSet::new();
+        list.retain(|m| {
+            let d = m["digest"].as_str().unwrap_or_default();
+            let keep = tagged.contains(d);
+            if !keep {
+                gone.insert(d.to_string());
+            }
+            keep
+        });
+        self.write_index(&idx, &lock)?;
+        Ok(gone.len())
     }
 
     /// Removes every index entry of image `id` (its blobs go at the next gc).
     pub fn remove(&self, id: &str) -> Result<usize> {
         let lock = self.lock()?;
         let mut idx = self.read_index()?;
-        let list = idx["manifests"]
-            .as_array_mut()
-            .ok_or_else(|| StoreError::Invalid("index.json has no manifests list".into()))?;
+        let list = manifests_mut(&mut idx);
         let before = list.len();
         list.retain(|m| m["digest"] != id);
         let n = before - list.len();
@@ -392,6 +521,7 @@ impl Store {
         let idx = self.read_index()?;
         let mut out: Vec<ImageEntry> = Vec::new();
         for m in idx["manifests"].as_array().into_iter().flatten() {
+            // read_index checked every entry's digest.
             let Some(id) = m["digest"].as_str() else {
                 continue;
             };
@@ -467,19 +597,79 @@ impl Store {
         Err(StoreError::NotFound(name.to_string()))
     }
 
-    /// The manifest, config and layer digests of an image.
+    /// The manifest, config and layer digests of an image (and of the manifests an image index
+    /// lists). Every digest is checked; a manifest kiln cannot read is an error.
     pub fn blobs_of(&self, id: &str) -> Result<Vec<String>> {
-        let m = self.read_json(id)?;
         let mut out = vec![id.to_string()];
-        if let Some(c) = m["config"]["digest"].as_str() {
-            out.push(c.to_string());
-        }
-        for l in m["layers"].as_array().into_iter().flatten() {
-            if let Some(d) = l["digest"].as_str() {
-                out.push(d.to_string());
+        let mut todo = vec![id.to_string()];
+        while let Some(d) = todo.pop() {
+            let m = self.read_json(&d)?;
+            let what = format!("manifest {}", short(&d));
+            let bad = |e: String| StoreError::Invalid(format!("{what}: {e}"));
+            if !m.is_object() {
+                return Err(bad("not a JSON object".into()));
+            }
+            let mut refs: Vec<(&Value, bool)> = Vec::new();
+            if let Some(c) = m.get("config") {
+                refs.push((c, false));
+            }
+            for (key, nested) in [("layers", false), ("manifests", true)] {
+                match m.get(key) {
+                    None => {}
+                    Some(Value::Array(a)) => refs.extend(a.iter().map(|l| (l, nested))),
+                    Some(_) => return Err(bad(format!("`{key}` is not a list"))),
+                }
+            }
+            if let Some(s) = m.get("subject") {
+                refs.push((s, false));
+            }
+            for (r, nested) in refs {
+                let Some(digest) = r.get("digest").and_then(Value::as_str) else {
+                    return Err(bad("a descriptor has no digest".into()));
+                };
+                parse_digest(digest, &what)?;
+                if !out.iter().any(|x| x == digest) {
+                    out.push(digest.to_string());
+                    if nested {
+                        todo.push(digest.to_string());
+                    }
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Records `digests` as in use by this process until the returned pin is dropped, so a
+    /// concurrent `gc` keeps them although no index entry names them yet (a pull in flight, a
+    /// cache hit being published). Taken under the index lock, so a gc either finished before
+    /// (the caller then finds what is missing) or sees the pin.
+    pub fn pin(&self, digests: &[String]) -> Result<TempDir> {
+        for d in digests {
+            parse_digest(d, "a pinned blob")?;
+        }
+        let _lock = self.lock()?;
+        let t = self.temp_dir()?;
+        let p = t.path().join("pins");
+        std::fs::write(&p, digests.join("\n")).map_err(io("cannot write", &p))?;
+        Ok(t)
+    }
+
+    /// Digests pinned by live kiln processes (their temp dirs still have a live `kiln.pid`).
+    fn pinned(&self) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            if let Ok(t) = std::fs::read_to_string(e.path().join("pins")) {
+                out.extend(
+                    t.lines()
+                        .filter_map(|l| parse_digest(l, "a pin").ok())
+                        .map(str::to_string),
+                );
+            }
+        }
+        out
     }
 
     /// Rehashes every blob the index references (or only those of `ids`); returns the problems.
@@ -516,15 +706,18 @@ impl Store {
     /// builds (their files are not blobs yet). Returns (blobs removed, bytes freed).
     pub fn gc(&self) -> Result<(usize, u64)> {
         let _lock = self.lock()?;
-        let mut keep = std::collections::BTreeSet::new();
+        self.sweep_tmp();
+        let mut keep = self.pinned();
         for img in self.images()? {
-            keep.insert(img.id.trim_start_matches("sha256:").to_string());
-            if let Ok(blobs) = self.blobs_of(&img.id) {
-                keep.extend(
-                    blobs
-                        .into_iter()
-                        .map(|b| b.trim_start_matches("sha256:").to_string()),
-                );
+            let blobs = self.blobs_of(&img.id).map_err(|e| {
+                StoreError::Invalid(format!(
+                    "gc removed nothing: image {} cannot be read ({e}); remove it with `kiln rm {}` or restore its blobs, then run gc again",
+                    short(&img.id),
+                    short(&img.id)
+                ))
+            })?;
+            for b in blobs {
+                keep.insert(parse_digest(&b, "an image")?.to_string());
             }
         }
         let dir = self.root.join("blobs/sha256");
@@ -540,7 +733,6 @@ impl Store {
                 n += 1;
             }
         }
-        self.sweep_tmp();
         Ok((n, bytes))
     }
 
@@ -622,6 +814,63 @@ impl Store {
         let _ = std::fs::remove_file(&tmp);
         Ok(b)
     }
+}
+
+/// The `manifests` list of an index `read_index` checked.
+fn manifests_mut(idx: &mut Value) -> &mut Vec<Value> {
+    if !idx["manifests"].is_array() {
+        idx["manifests"] = Value::Array(Vec::new());
+    }
+    match &mut idx["manifests"] {
+        Value::Array(a) => a,
+        _ => unreachable!("set to an array above"),
+    }
+}
+
+/// Takes `tag` off every entry. An entry left with no annotation kiln reads still keeps its image
+/// in the store: an image leaves the index only by `kiln rm` or `kiln gc --untagged`, never
+/// because another build moved a tag (concurrent builds of one template each keep theirs).
+fn untag(list: &mut [Value], tag: &str) {
+    for m in list.iter_mut() {
+        if m["annotations"][REF_NAME].as_str() == Some(tag) {
+            if let Some(a) = m["annotations"].as_object_mut() {
+                a.remove(REF_NAME);
+            }
+        }
+    }
+}
+
+/// Drops exact duplicate entries (keeping the last) and untagged entries that say nothing another
+/// entry of the same image does not: one with no cache key, or whose key a tagged entry carries.
+fn dedupe(list: &mut Vec<Value>) {
+    let mut exact: Vec<Value> = Vec::with_capacity(list.len());
+    for m in list.drain(..).rev() {
+        if !exact.iter().any(|o| o == &m) {
+            exact.push(m);
+        }
+    }
+    exact.reverse();
+    let untagged = |m: &Value| m["annotations"][REF_NAME].is_null();
+    let key = |m: &Value| m["annotations"][CACHE_KEY].clone();
+    let redundant: Vec<bool> = exact
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            untagged(m)
+                && exact.iter().enumerate().any(|(j, o)| {
+                    i != j
+                        && o["digest"] == m["digest"]
+                        && ((!untagged(o) && (key(m).is_null() || key(o) == key(m)))
+                            || (untagged(o) && key(m).is_null() && !key(o).is_null()))
+                })
+        })
+        .collect();
+    *list = exact
+        .into_iter()
+        .zip(redundant)
+        .filter(|(_, r)| !r)
+        .map(|(m, _)| m)
+        .collect();
 }
 
 /// An image to write with `Store::commit_image`.
@@ -726,7 +975,7 @@ mod tests {
             r.digest,
             "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
-        let mode = std::fs::metadata(s.blob_path(&r.digest))
+        let mode = std::fs::metadata(s.blob_path(&r.digest).expect("path"))
             .expect("stat")
             .permissions()
             .mode();
@@ -789,7 +1038,7 @@ mod tests {
             .expect("commit");
         // One flipped byte in any blob (manifest, config, disk) is found and named.
         for digest in s.blobs_of(&id).expect("blobs") {
-            let p = s.blob_path(&digest);
+            let p = s.blob_path(&digest).expect("path");
             let original = std::fs::read(&p).expect("read");
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
             let mut b = original.clone();
@@ -802,6 +1051,179 @@ mod tests {
             std::fs::write(&p, &original).expect("restore");
             assert!(s.verify(&[]).expect("verify").is_empty());
         }
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    fn commit(s: &Store, bytes: &[u8], key: Option<&str>, tag: Option<&str>) -> String {
+        let t = s.temp_dir().expect("tmp");
+        let disk = t.path().join("disk");
+        std::fs::write(&disk, bytes).expect("write");
+        s.commit_image(&NewImage {
+            disk: &disk,
+            disk_media_type: "application/vnd.kiln.disk.raw",
+            disk_title: "d.raw",
+            config: &json!({"n": bytes.len()}),
+            cache_key: key,
+            tag,
+            created: "now",
+        })
+        .expect("commit")
+        .0
+    }
+
+    #[test]
+    fn concurrent_commits_of_one_tag_and_key_all_survive_a_gc_loop() {
+        let (root, s) = tmp_store("concurrent");
+        let s = std::sync::Arc::new(s);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gc = {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut runs = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    s.gc().expect("gc");
+                    runs += 1;
+                }
+                runs
+            })
+        };
+        let writers: Vec<_> = (0..6u8)
+            .map(|w| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    (0..5u8)
+                        .map(|i| commit(&s, &[w, i, 42], Some("same-key"), Some("web")))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let ids: Vec<String> = writers
+            .into_iter()
+            .flat_map(|w| w.join().expect("writer"))
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(gc.join().expect("gc thread") > 0);
+        s.gc().expect("gc");
+        let listed = s.images().expect("images");
+        assert_eq!(ids.len(), 30);
+        for id in &ids {
+            assert!(listed.iter().any(|i| &i.id == id), "{id} lost");
+            assert!(s.blobs_of(id).expect("blobs").iter().all(|b| s.has_blob(b)));
+        }
+        assert_eq!(listed.iter().filter(|i| !i.tags.is_empty()).count(), 1);
+        assert!(s.verify(&[]).expect("verify").is_empty());
+        // The untagged ones go only when asked.
+        assert_eq!(s.remove_untagged().expect("prune"), 29);
+        s.gc().expect("gc");
+        assert_eq!(s.images().expect("images").len(), 1);
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn a_malformed_index_is_an_error_naming_the_file_and_gc_deletes_nothing() {
+        let (root, s) = tmp_store("badindex");
+        let id = commit(&s, b"keep me", None, Some("x"));
+        let good = std::fs::read(root.join("index.json")).expect("read");
+        for bad in [
+            r#"{"manifests": 5}"#.to_string(),
+            "{".to_string(),
+            r#"{"manifests": [{"digest": "sha256:../../../../etc/hostname", "size": 1}]}"#
+                .to_string(),
+            r#"{"manifests": [{"size": 1}]}"#.to_string(),
+            format!(r#"{{"manifests": [{{"digest": "{id}", "size": 1, "annotations": 3}}]}}"#),
+        ] {
+            std::fs::write(root.join("index.json"), &bad).expect("write");
+            let e = s.gc().expect_err(&bad).to_string();
+            assert!(e.contains("index.json"), "{e}");
+            assert!(s.images().is_err());
+            assert!(s.tag(&id, "y").is_err());
+            assert!(Store::open_existing(&root).is_err());
+        }
+        std::fs::write(root.join("index.json"), &good).expect("restore");
+        assert_eq!(s.gc().expect("gc").0, 0);
+        assert!(s.verify(&[]).expect("verify").is_empty());
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn digests_outside_the_grammar_never_become_paths() {
+        let (root, s) = tmp_store("digest");
+        for d in [
+            "sha256:../../../../etc/hostname",
+            "sha256:../../../../../../../../../../../../../../../../../../../../etc/passwd",
+            "sha512:00",
+            "sha256:ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789",
+            "",
+        ] {
+            assert!(s.blob_path(d).is_err(), "{d}");
+            assert!(s.read_blob(d).is_err());
+            assert!(s.verify_blob(d).is_err());
+            assert!(!s.has_blob(d));
+        }
+        // A manifest naming such a layer is refused by blobs_of, so verify and gc stop on it.
+        let m = s
+            .put_bytes(br#"{"config":{"digest":"sha256:../../etc/hostname"},"layers":[]}"#)
+            .expect("put");
+        s.add_image(&m, None, Some("evil")).expect("add");
+        let e = s.blobs_of(&m.digest).expect_err("traversal").to_string();
+        assert!(e.contains("64 lowercase hex"), "{e}");
+        assert_eq!(s.verify(&[]).expect("verify").len(), 1);
+        assert!(
+            s.gc().is_err(),
+            "gc must not act on a manifest it cannot read"
+        );
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn tags_follow_the_oci_grammar_and_moving_one_keeps_the_old_image() {
+        let (root, s) = tmp_store("tags");
+        let a = commit(&s, b"a", Some("k"), Some("web"));
+        for bad in [
+            "",
+            "a b",
+            "../../x",
+            ".hidden",
+            "-x",
+            &"t".repeat(129),
+            "a/b",
+        ] {
+            assert!(
+                matches!(s.tag(&a, bad), Err(StoreError::BadTag(_))),
+                "{bad:?}"
+            );
+        }
+        s.tag(&a, &"t".repeat(128)).expect("128 is allowed");
+        s.tag(&a, "v1.2_rc-3").expect("tag");
+        let b = commit(&s, b"b", Some("k"), Some("web"));
+        assert_eq!(s.resolve("web").expect("web"), b);
+        assert_eq!(s.resolve("v1.2_rc-3").expect("old tag"), a);
+        s.remove(&a).expect("rm");
+        let c = commit(&s, b"c", Some("k2"), Some("web"));
+        let imgs = s.images().expect("images");
+        assert!(imgs.iter().any(|i| i.id == b && i.tags.is_empty()));
+        assert_eq!(s.lookup_key("k").expect("lookup"), Some(b));
+        assert_eq!(s.resolve("web").expect("web"), c);
+        std::fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn read_only_open_creates_nothing_and_pins_survive_gc() {
+        let root = std::env::temp_dir().join(format!("kiln-store-none-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        assert!(matches!(
+            Store::open_existing(&root),
+            Err(StoreError::NoStore(_))
+        ));
+        assert!(!root.exists());
+        let (root, s) = tmp_store("pins");
+        let b = s.put_bytes(b"being pulled").expect("put");
+        let pin = s.pin(std::slice::from_ref(&b.digest)).expect("pin");
+        s.gc().expect("gc");
+        assert!(s.has_blob(&b.digest));
+        drop(pin);
+        s.gc().expect("gc");
+        assert!(!s.has_blob(&b.digest));
         std::fs::remove_dir_all(root).ok();
     }
 
