@@ -336,3 +336,61 @@ fn mutated_templates_never_panic() {
         );
     }
 }
+
+#[test]
+fn a_base_that_is_not_a_disk_is_refused_at_validate_and_a_missing_http_directory_at_build() {
+    let ctx = Ctx::bare("notadisk");
+    let tpl = |base: &str, extra: &str| {
+        format!(
+            "source \"qemu\" \"x\" {{\n  iso_url = \"{base}\"\n  iso_checksum = \"none\"\n  disk_image = true\n  ssh_username = \"root\"\n  ssh_password = \"x\"\n{extra}}}\nbuild {{\n  sources = [\"source.qemu.x\"]\n}}\n"
+        )
+    };
+    let mut noise = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(ctx.dir.join("noise.img"), &noise).expect("write");
+    std::fs::write(ctx.dir.join("zeros.img"), vec![0u8; 1 << 20]).expect("write");
+    for bad in ["noise.img", "zeros.img"] {
+        ctx.write("t.pkr.hcl", &tpl(bad, ""));
+        let out = ctx.kiln(&["validate", "t.pkr.hcl"]);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {}", text(&out));
+        assert!(
+            text(&out).contains(&format!(
+                "t.pkr.hcl:2:3: base image (iso_url): {bad} is not a disk image"
+            )),
+            "{}",
+            text(&out)
+        );
+    }
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(ctx.dir.join("real.qcow2"))
+        .arg("16M")
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    ctx.write(
+        "t.pkr.hcl",
+        &tpl("real.qcow2", "  http_directory = \"nohttp\"\n"),
+    );
+    let out = ctx.kiln(&["validate", "t.pkr.hcl"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("http_directory nohttp is not a directory (yet)"),
+        "{}",
+        text(&out)
+    );
+    let out = ctx.kiln(&["build", "t.pkr.hcl"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("http_directory nohttp is not a directory: create it"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("started qemu"), "{}", text(&out));
+}

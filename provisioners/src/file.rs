@@ -85,6 +85,23 @@ pub fn from_component(c: &Component) -> std::result::Result<FileProv, Diagnostic
             }
         }
     }
+    if download && (destination.ends_with('/') || sources.len() > 1) {
+        // Each download lands under its remote file name: that name must be a plain file name.
+        for s in &sources {
+            let b = basename(s);
+            if b.is_empty() || b == "." || b == ".." {
+                let key = if cfg.source.is_some() {
+                    "source"
+                } else {
+                    "sources"
+                };
+                d.push(Diagnostic::error(
+                    format!("download source {s:?} has no file name to write under {destination}: name a file, not a directory step"),
+                    Some(c.span_of(key).clone()),
+                ));
+            }
+        }
+    }
     if d.has_errors() {
         return Err(d);
     }

@@ -282,6 +282,77 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .ok_or_else(|| Error::failed(format!("disk_size {s:?} is too large")))
 }
 
+/// Why `path` does not look like a disk a VM can boot, if it does not: qemu-img calls anything it
+/// cannot place `raw`, so a raw image must also show a partition table or a filesystem.
+pub fn not_a_disk(path: &Path) -> Option<String> {
+    let info = match info(path) {
+        Ok(i) => i,
+        Err(e) => return Some(e.to_string()),
+    };
+    if info.format != "raw" {
+        return None;
+    }
+    let mut head = vec![0u8; 0x10048];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| {
+            let mut n = 0;
+            loop {
+                let k = std::io::Read::read(&mut f, &mut head[n..])?;
+                if k == 0 || n + k == head.len() {
+                    break Ok(n + k);
+                }
+                n += k;
+            }
+        })
+        .unwrap_or(0);
+    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
+    let known = n >= 512
+        && (at(510, &[0x55, 0xaa])            // MBR / protective MBR of GPT
+            || at(512, b"EFI PART")              // GPT header
+            || at(0x438, &[0x53, 0xef])          // ext2/3/4 superblock magic
+            || at(0x8001, b"CD001")              // ISO 9660
+            || at(0, b"XFSB")
+            || at(0x10040, b"_BHRfS_M")          // btrfs
+            || at(512, b"LABELONE")              // LVM physical volume
+            || at(0, b"hsqs")); // squashfs
+    (!known).then(|| {
+        format!(
+            "{} is not a disk image: qemu-img sees no image format (it would boot it as raw), and it has no partition table or filesystem kiln recognises",
+            path.display()
+        )
+    })
+}
+
+/// Checks an iso_checksum's form (not the file): `none`, `file:…`, `TYPE:HEX` or bare hex with the
+/// length its type needs.
+pub fn check_checksum_form(spec: &str) -> std::result::Result<(), String> {
+    let spec = spec.trim();
+    if spec.eq_ignore_ascii_case("none") || spec.starts_with("file:") {
+        return Ok(());
+    }
+    let (algo, hex) = match spec.split_once(':') {
+        Some((a, h)) => (a.to_ascii_lowercase(), h),
+        None => (algo_for_len(spec.len()), spec),
+    };
+    let want = match algo.as_str() {
+        "md5" => 32,
+        "sha256" => 64,
+        "sha512" => 128,
+        _ => {
+            return Err(format!(
+            "iso_checksum {spec:?}: {algo:?} is not a checksum type kiln knows (use sha256:HEX, sha512:HEX, md5:HEX, file:URL or none)"
+        ))
+        }
+    };
+    if hex.len() != want || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "iso_checksum {spec:?}: a {algo} checksum is {want} hex digits (got {} characters)",
+            hex.len()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

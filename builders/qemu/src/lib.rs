@@ -103,6 +103,12 @@ pub fn from_component(
             Some(c.span.clone()),
         )])
     })?;
+    let checked = check(c, &d.qemu, &d.ssh, &s);
+    if checked.errors().next().is_some() {
+        return Err(checked);
+    }
+    let mut warnings = d.warnings;
+    warnings.extend(checked);
     s.base_source = c
         .get("__kiln_base_source")
         .and_then(|v| v.as_str())
@@ -113,8 +119,151 @@ pub fn from_component(
             base_sha256: std::sync::OnceLock::new(),
             qemu_version: std::sync::OnceLock::new(),
         },
-        d.warnings,
+        warnings,
     ))
+}
+
+/// What validate can know without booting: names that become paths, numbers in range, files
+/// that must exist, the checksum's form, and that a local base image is a disk. Each error points
+/// at its attribute.
+fn check(c: &Component, q: &QemuConfig, ssh: &SshOpts, s: &Settings) -> Diagnostics {
+    let mut d = Diagnostics::default();
+    let mut warns = Vec::new();
+    let mut err = |attr: &str, msg: String| {
+        let span = c.attrs.get(attr).map_or(c.span.clone(), |a| a.span.clone());
+        d.push(kiln_template::Diagnostic::error(msg, Some(span)));
+    };
+    // A file name, not a path: it is joined to output_directory (vm_name) or written onto media.
+    for (attr, v) in [
+        ("vm_name", Some(&s.vm_name)),
+        ("cd_label", s.cd_label.as_ref()),
+    ] {
+        if let Some(v) = v {
+            if v.is_empty() || v == "." || v == ".." || v.contains('/') || v.contains('\0') {
+                let hint = if attr == "vm_name" {
+                    "it is the image's file name inside output_directory; use output_directory to choose the directory"
+                } else {
+                    "it is the CD's volume label"
+                };
+                err(
+                    attr,
+                    format!(
+                        "{attr} = {v:?} must be a plain name (no `/`, not `.` or `..`): {hint}"
+                    ),
+                );
+            }
+        }
+    }
+    if s.cd_label.as_ref().is_some_and(|l| l.len() > 32) {
+        err(
+            "cd_label",
+            "cd_label is at most 32 characters (an ISO 9660 volume id)".into(),
+        );
+    }
+    let num = |n: Option<kiln_core::config::Num>| n.map(|n| n.0);
+    let mut range = |attr: &str, v: Option<u64>, lo: u64, hi: u64, unit: &str| {
+        if let Some(v) = v {
+            if v < lo || v > hi {
+                err(
+                    attr,
+                    format!("{attr} = {v} is out of range: it must be {lo} to {hi}{unit}"),
+                );
+            }
+        }
+    };
+    range("memory", num(q.memory), 16, 16 << 20, " (MiB)");
+    range("cpus", num(q.cpus), 1, 1024, "");
+    for (attr, v) in [
+        ("sockets", q.sockets),
+        ("cores", q.cores),
+        ("threads", q.threads),
+    ] {
+        range(attr, num(v), 1, 1024, "");
+    }
+    for (attr, v) in [
+        ("ssh_port", ssh.ssh_port),
+        ("vnc_port_min", q.vnc_port_min),
+        ("vnc_port_max", q.vnc_port_max),
+        ("http_port_min", q.http_port_min),
+        ("http_port_max", q.http_port_max),
+        ("host_port_min", q.host_port_min),
+        ("host_port_max", q.host_port_max),
+        ("ssh_host_port_min", q.ssh_host_port_min),
+        ("ssh_host_port_max", q.ssh_host_port_max),
+        ("ssh_bastion_port", ssh.ssh_bastion_port),
+        ("ssh_proxy_port", ssh.ssh_proxy_port),
+    ] {
+        range(attr, num(v), 1, 65535, " (a TCP port)");
+    }
+    range(
+        "ssh_handshake_attempts",
+        num(ssh.ssh_handshake_attempts),
+        1,
+        10_000,
+        "",
+    );
+    for (lo, hi) in [
+        ("vnc_port_min", "vnc_port_max"),
+        ("http_port_min", "http_port_max"),
+    ] {
+        let get = |a: &str| {
+            c.get(a)
+                .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+        };
+        if let (Some(l), Some(h)) = (get(lo), get(hi)) {
+            if l > h {
+                err(lo, format!("{lo} = {l} is above {hi} = {h}"));
+            }
+        }
+    }
+    if let Some(key) = s.ssh.as_ref().and_then(|c| c.private_key_file.as_ref()) {
+        if let Err(e) = std::fs::File::open(key) {
+            err(
+                "ssh_private_key_file",
+                format!("ssh_private_key_file {} cannot be read: {e}", key.display()),
+            );
+        }
+    }
+    if let Some(dir) = &s.http_directory {
+        // A warning here (Packer's own examples name directories that exist only on the
+        // user's machine); the build's preflight refuses it.
+        if !dir.is_dir() {
+            let span = c
+                .attrs
+                .get("http_directory")
+                .map_or(c.span.clone(), |a| a.span.clone());
+            warns.push(kiln_template::Diagnostic::warning(
+                format!(
+                    "http_directory {} is not a directory (yet): a build stops on it",
+                    dir.display()
+                ),
+                Some(span),
+            ));
+        }
+    }
+    if let Err(m) = image::check_checksum_form(&s.checksum) {
+        err("iso_checksum", m);
+    }
+    if s.disk_image && !download::is_remote(&s.base_url) && !s.base_url.is_empty() {
+        if let Ok(p) = image::resolve_url(&s.base_url) {
+            if p.is_file() {
+                if let Some(why) = image::not_a_disk(&p) {
+                    err(
+                        if c.attrs.contains_key("iso_url") {
+                            "iso_url"
+                        } else {
+                            "iso_urls"
+                        },
+                        format!("base image (iso_url): {why}"),
+                    );
+                }
+            }
+        }
+    }
+    for w in warns {
+        d.push(w);
+    }
+    d
 }
 
 fn settings(build: &str, q: &QemuConfig, ssh: &SshOpts) -> std::result::Result<Settings, String> {
@@ -454,6 +603,14 @@ impl Builder for QemuBuilder {
                 "base image {} (iso_url) does not exist",
                 base.display()
             )));
+        }
+        if let Some(dir) = &s.http_directory {
+            if !dir.is_dir() {
+                return Err(Error::failed(format!(
+                    "http_directory {} is not a directory: create it, or remove http_directory",
+                    dir.display()
+                )));
+            }
         }
         for (what, p) in [("kernel", &s.kernel), ("initrd", &s.initrd)] {
             if let Some(p) = p {

@@ -243,10 +243,19 @@ pub fn prepare(
         });
     }
     if plan.builds.is_empty() {
-        let msg = if opts.only.is_empty() && opts.except.is_empty() {
-            "the template defines no builds"
+        let empty = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0);
+        let msg = if empty {
+            format!(
+                "{} is empty: a template needs at least a source and a build block",
+                path.display()
+            )
+        } else if opts.only.is_empty() && opts.except.is_empty() {
+            format!(
+                "{} defines no builds: add a build block that names a source",
+                path.display()
+            )
         } else {
-            "-only/-except left no builds to run"
+            "-only/-except left no builds to run".to_string()
         };
         diags.push(Diagnostic::error(msg, None));
         return Err(diags);

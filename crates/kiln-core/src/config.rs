@@ -138,11 +138,16 @@ impl<'de> Deserialize<'de> for Num {
                 .as_u64()
                 .or_else(|| {
                     n.as_f64()
-                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
                         .map(|f| f as u64)
                 })
                 .map(Num)
-                .ok_or_else(|| de::Error::custom(format!("expected a whole number ≥ 0, got {n}"))),
+                .ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "expected a whole number from 0 to {}, got {n}",
+                        u64::MAX
+                    ))
+                }),
             serde_json::Value::String(s) => s
                 .trim()
                 .parse()
