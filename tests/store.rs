@@ -567,3 +567,102 @@ fn sigterm_during_the_store_phase_publishes_nothing() {
         Some("term-run\n")
     );
 }
+
+/// Running means not gone and not a zombie waiting for its reaper.
+fn pid_running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next().map(str::to_string))
+        })
+        .is_some_and(|st| st != "Z" && st != "X")
+}
+
+#[test]
+fn shell_local_scripts_die_with_their_build_on_sigterm_and_sigkill() {
+    let ctx = Ctx::new("localkill");
+    let qemu = ctx.qemu_counter();
+    ctx.write("s.sh", "#!/bin/sh\necho x > /root/x\n");
+    let src = ctx.source("lk", &format!("  qemu_binary = \"{}\"", qemu.display()));
+    let with_post = |post: &str| {
+        format!("{src}\nbuild {{\n  sources = [\"source.qemu.lk\"]\n  provisioner \"shell\" {{\n    script = \"s.sh\"\n  }}\n{post}\n}}\n")
+    };
+    let t = ctx.write("lk.pkr.hcl", &with_post(""));
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Post-processors are not in the cache key: from here on each build is a cache hit that runs
+    // a host script which starts a grandchild and waits.
+    let pidfile = ctx.dir.join("sleep.pid");
+    ctx.write(
+        "lk.pkr.hcl",
+        &with_post(&format!(
+            "  post-processor \"shell-local\" {{\n    inline = [\"sleep 60 & echo $! > {}; wait\"]\n  }}",
+            pidfile.display()
+        )),
+    );
+    let tmp = ctx.dir.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
+        let _ = std::fs::remove_file(&pidfile);
+        let mut child = ctx
+            .cmd(&["build", t.to_str().unwrap_or_default()])
+            .env("TMPDIR", &tmp)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let end = Instant::now() + Duration::from_secs(60);
+        let pid = loop {
+            if let Some(p) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .filter(|p| p.ends_with('\n'))
+            {
+                break p;
+            }
+            assert!(
+                child.try_wait().expect("wait").is_none(),
+                "kiln ended early"
+            );
+            assert!(Instant::now() < end, "the script never started");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(pid_running(&pid));
+        let scratch = std::fs::read_dir(&tmp).expect("tmp").flatten().count();
+        assert_eq!(scratch, 1, "the script's scratch dir is in TMPDIR");
+        // SAFETY: signalling the child we spawned.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        // Well under the script's 60 s: the whole group goes at once.
+        let end = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break st;
+            }
+            assert!(
+                Instant::now() < end,
+                "kiln waited for the script after signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if signal != libc::SIGKILL {
+            assert_eq!(st.code(), Some(128 + signal), "signal {signal}");
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        while pid_running(&pid)
+            || std::fs::read_dir(&tmp)
+                .expect("tmp")
+                .flatten()
+                .next()
+                .is_some()
+        {
+            assert!(
+                Instant::now() < end,
+                "after signal {signal}: the script's child still runs ({}) or its scratch dir is left",
+                pid_running(&pid)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert!(ctx.qemu_pids().is_empty());
+}

@@ -8,7 +8,6 @@ use kiln_core::{Artifact, Communicator, Error, PostProcessor, Provisioner, Resul
 use kiln_template::{Component, Diagnostic, Diagnostics};
 use serde::Deserialize;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,14 +121,10 @@ impl ShellLocal {
                 .say("shell-local: skipped (only_on does not include this OS)");
             return Ok(());
         }
-        let dir = std::env::temp_dir().join(format!(
-            "kiln-shell-local-{}-{}",
-            std::process::id(),
-            kiln_template::funcs::uuidv4()
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io("cannot create a temp dir for shell-local", e))?;
-        let _cleanup = RemoveOnDrop(dir.clone());
+        // Holds kiln.pid: a later kiln removes it if this one was SIGKILLed (and the supervisor
+        // removes it itself when it sees kiln die).
+        let work = kiln_core::workdir::WorkDir::create(&std::env::temp_dir(), "kiln-shell-local")?;
+        let dir = work.path().to_path_buf();
         let mut env = packer_env(cx);
         env.extend(self.env.iter().cloned());
         env.extend(extra_env.iter().cloned());
@@ -155,23 +150,27 @@ impl ShellLocal {
                 .iter()
                 .map(|a| fill(a, &vars))
                 .collect();
-            let (first, rest) = argv
-                .split_first()
-                .ok_or_else(|| Error::failed("execute_command is empty"))?;
+            if argv.is_empty() {
+                return Err(Error::failed("execute_command is empty"));
+            }
             let (reader, writer) = std::io::pipe().map_err(|e| Error::io("pipe", e))?;
             let writer2 = writer.try_clone().map_err(|e| Error::io("pipe", e))?;
-            let mut cmd = Command::new(first);
-            cmd.args(rest)
-                .envs(env.iter().cloned())
-                .stdin(Stdio::null())
-                .stdout(writer)
-                .stderr(writer2);
-            let mut child = Guarded::spawn(cmd, format!("shell-local {name}"))?;
+            // Its own process group, killed whole on cancel, on error and if kiln dies.
+            let mut child = Guarded::spawn_group(
+                &argv,
+                |cmd: &mut Command| {
+                    cmd.envs(env.iter().cloned())
+                        .stdin(Stdio::null())
+                        .stdout(writer)
+                        .stderr(writer2);
+                },
+                Some(&dir),
+                format!("shell-local {name}"),
+            )?;
             let pid = child.id();
-            let _hook = cx.cancel.on_cancel(move || unsafe {
-                // SAFETY: plain kill(2) of our own child.
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            });
+            let _hook = cx
+                .cancel
+                .on_cancel(move || kiln_core::process::kill_group(pid));
             for line in BufReader::new(reader).lines() {
                 match line {
                     Ok(l) => cx.em.output(&l),
@@ -188,13 +187,6 @@ impl ShellLocal {
             }
         }
         Ok(())
-    }
-}
-
-pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

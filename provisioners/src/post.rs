@@ -451,14 +451,8 @@ impl PostProcessor for Vagrant {
         vars.insert("Provider".into(), "libvirt".into());
         vars.insert("ArtifactId".into(), "libvirt".into());
         let out = PathBuf::from(fill(&self.output, &vars));
-        let dir = std::env::temp_dir().join(format!(
-            "kiln-box-{}-{}",
-            std::process::id(),
-            kiln_template::funcs::uuidv4()
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io("cannot create the box directory", e))?;
-        let _cleanup = crate::local::RemoveOnDrop(dir.clone());
+        let work = kiln_core::workdir::WorkDir::create(&std::env::temp_dir(), "kiln-box")?;
+        let dir = work.path().to_path_buf();
         kiln_core::workdir::copy_file(disk, &dir.join("box.img"))?;
         let vsize: u64 = a
             .data

@@ -559,6 +559,8 @@ fn build(
         }
     };
     let run_uuid = kiln_template::funcs::uuidv4();
+    // Host-script and box scratch (kiln-shell-local-*, kiln-box-*) of a kiln that was SIGKILLed.
+    kiln_core::workdir::sweep_stale(&std::env::temp_dir());
     let store = match images::open(store) {
         Ok(s) => Arc::new(s),
         Err(code) => return code,

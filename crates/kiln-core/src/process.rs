@@ -30,10 +30,17 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     }
 }
 
+/// Runs `"$@"` as the child of a small `sh` that leads its own process group and gets SIGTERM
+/// when kiln dies (even by SIGKILL): it then removes `$1` (the script's temp dir, or "") and
+/// SIGKILLs the whole group, so nothing a script started outlives kiln.
+const SUPERVISOR: &str = r#"d=$1; shift; trap 'trap - TERM INT HUP; [ -n "$d" ] && rm -rf -- "$d"; kill -KILL 0' TERM INT HUP; "$@" & wait $!"#;
+
 /// A child that is killed (SIGKILL) and reaped when dropped, unless it already exited.
 pub struct Guarded {
     child: Option<Child>,
     what: String,
+    /// The child leads a process group: kill the group.
+    group: bool,
 }
 
 impl Guarded {
@@ -44,6 +51,56 @@ impl Guarded {
         Ok(Guarded {
             child: Some(child),
             what,
+            group: false,
+        })
+    }
+
+    /// Spawns `argv` (with `cmd`'s environment and stdio) under the supervisor shell, in a new
+    /// process group: `kill` and drop SIGKILL the whole group, and if kiln dies the supervisor
+    /// removes `scratch` and kills the group itself. For host scripts (shell-local).
+    pub fn spawn_group(
+        argv: &[String],
+        configure: impl FnOnce(&mut Command),
+        scratch: Option<&std::path::Path>,
+        what: impl Into<String>,
+    ) -> Result<Guarded> {
+        let what = what.into();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(SUPERVISOR)
+            .arg("kiln-supervise")
+            .arg(
+                scratch
+                    .map(|p| p.as_os_str().to_owned())
+                    .unwrap_or_default(),
+            )
+            .args(argv);
+        configure(&mut cmd);
+        cmd.process_group(0);
+        // SAFETY: prctl and getppid are async-signal-safe; the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGTERM as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() == 1 {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().ctx(|| format!("cannot start {what}"))?;
+        Ok(Guarded {
+            child: Some(child),
+            what,
+            group: true,
         })
     }
 
@@ -72,6 +129,9 @@ impl Guarded {
 
     pub fn kill(&mut self) {
         if let Some(c) = self.child.as_mut() {
+            if self.group {
+                kill_group(c.id());
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -86,6 +146,15 @@ impl Guarded {
 impl Drop for Guarded {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// SIGKILLs the process group `pgid` leads (a `spawn_group` child); safe to call from a signal
+/// or cancel hook.
+pub fn kill_group(pgid: u32) {
+    if pgid != 0 {
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
+        unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
     }
 }
 
