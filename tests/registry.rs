@@ -458,3 +458,78 @@ fn a_killed_push_leaves_no_manifest_and_a_rerun_completes() {
     assert_eq!(image_id(&ctx, "store-b", &r), id);
     assert!(in_store(&ctx, "store-b", &["verify"]).status.success());
 }
+
+#[test]
+fn sensitive_builds_share_the_cache_under_kiln_cache_secret_and_an_unreachable_cache_only_warns() {
+    let ctx = Ctx::new("cachesecret");
+    let reg = Registry::start(&ctx.dir, None);
+    let qemu = ctx.qemu_counter();
+    let src = ctx.source("sens", &format!("  qemu_binary = \"{}\"", qemu.display()));
+    let t = ctx.write(
+        "sens.pkr.hcl",
+        &format!("variable \"token\" {{\n  type      = string\n  sensitive = true\n  default   = \"tok-s3cr3t-0123456789\"\n}}\n{src}\nbuild {{\n  sources = [\"source.qemu.sens\"]\n  provisioner \"shell\" {{\n    inline = [\"test -n '${{var.token}}'\", \"echo ok > /root/ok\"]\n  }}\n}}\n"),
+    );
+    let tp = t.to_str().unwrap_or_default();
+    let cache = format!("{}/team/cache", reg.host);
+    let team_secret = "team-secret-for-every-runner-0001";
+    let build = |store: &str, args: &[&str], secret: Option<&str>| {
+        let mut c = ctx.cmd(&["build", "--plain-http"]);
+        c.args(args)
+            .arg(tp)
+            .env("KILN_STORE", ctx.dir.join(store))
+            .env("KILN_AUTH_FILE", ctx.dir.join("auth.json"))
+            .env_remove("KILN_CACHE_SECRET")
+            .env_remove("KILN_CACHE_SECRET_FILE");
+        if let Some(s) = secret {
+            c.env("KILN_CACHE_SECRET", s);
+        }
+        c.output().expect("kiln")
+    };
+    let a = build("store-a", &["--cache-to", &cache], Some(team_secret));
+    assert!(a.status.success(), "{}", text(&a));
+    assert_eq!(ctx.qemu_starts(), 1);
+    // The inline script held the secret: its digest in the stored config is an HMAC.
+    let insp = in_store(&ctx, "store-a", &["inspect", "sens"]);
+    let v: serde_json::Value = serde_json::from_slice(&insp.stdout).expect("inspect json");
+    let digest = v["config"]["provisioners"][0]["inputs"]["scripts"][0]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(digest.starts_with("hmac:"), "{digest}");
+    assert!(!String::from_utf8_lossy(&insp.stdout).contains("tok-s3cr3t"));
+
+    // Another machine (empty store) with the same team secret: a hit, no VM.
+    std::fs::remove_dir_all(ctx.dir.join("out-sens")).expect("rm output");
+    let b = build("store-b", &["--cache-from", &cache], Some(team_secret));
+    assert!(b.status.success(), "{}", text(&b));
+    assert!(
+        text(&b).contains("downloaded from the shared cache"),
+        "{}",
+        text(&b)
+    );
+    assert_eq!(ctx.qemu_starts(), 1, "a shared-cache hit boots no VM");
+
+    // An unreachable cache: with --cache-required the build fails before any VM ...
+    std::fs::remove_dir_all(ctx.dir.join("out-sens")).expect("rm output");
+    let dead = "127.0.0.1:9/team/cache";
+    let c = build(
+        "store-c",
+        &["--cache-from", dead, "--cache-required"],
+        Some(team_secret),
+    );
+    assert_eq!(c.status.code(), Some(1), "{}", text(&c));
+    assert!(text(&c).contains("127.0.0.1:9"), "{}", text(&c));
+    assert_eq!(ctx.qemu_starts(), 1);
+    // ... without it, kiln warns and builds; and without the team secret it says the shared
+    // cache cannot match this build elsewhere.
+    let d = build("store-d", &["--cache-from", dead], None);
+    let ds = text(&d);
+    assert!(d.status.success(), "{ds}");
+    assert!(ds.contains("building without it"), "{ds}");
+    assert!(ds.contains("set KILN_CACHE_SECRET"), "{ds}");
+    assert_eq!(ctx.qemu_starts(), 2);
+    for out in [&a, &b, &c, &d] {
+        assert!(!text(out).contains("tok-s3cr3t"), "{}", text(out));
+        assert!(!text(out).contains(team_secret));
+    }
+}

@@ -394,3 +394,53 @@ fn a_base_that_is_not_a_disk_is_refused_at_validate_and_a_missing_http_directory
     );
     assert!(!text(&out).contains("started qemu"), "{}", text(&out));
 }
+
+#[test]
+fn invalid_values_of_sensitive_variables_never_show_the_value() {
+    let ctx = Ctx::bare("sensitive-errors");
+    ctx.write(
+        "s.pkr.hcl",
+        "variable \"secret\" {\n  type      = number\n  sensitive = true\n}\nvariable \"lst\" {\n  type      = list(string)\n  sensitive = true\n  default   = []\n}\nsource \"qemu\" \"x\" {\n  iso_url      = \"base.qcow2\"\n  iso_checksum = \"none\"\n  disk_image   = true\n  ssh_username = \"root\"\n  ssh_password = \"x\"\n}\nbuild {\n  sources = [\"source.qemu.x\"]\n}\n",
+    );
+    ctx.write("a.pkrvars.hcl", "secret = \"s3cr3t-var-file\"\n");
+    ctx.write("b.pkrvars.hcl", "secret = s3cr3t-bare\n");
+    ctx.write("c.pkrvars.hcl", "secret = 1\nlst = \"s3cr3t-list\"\n");
+    ctx.write("d.pkrvars.json", "{\"secret\": \"s3cr3t-json\"}\n");
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case<'_>> = vec![
+        (vec!["-var", "secret=s3cr3t-flag"], vec![]),
+        (vec!["-var-file", "a.pkrvars.hcl"], vec![]),
+        (vec!["-var-file", "b.pkrvars.hcl"], vec![]),
+        (vec!["-var-file", "c.pkrvars.hcl"], vec![]),
+        (vec!["-var-file", "d.pkrvars.json"], vec![]),
+        (vec![], vec![("PKR_VAR_secret", "s3cr3t-env")]),
+        (
+            vec!["-var", "secret=1", "-var", "lst=s3cr3t-flag-list"],
+            vec![],
+        ),
+        (
+            vec![],
+            vec![
+                ("PKR_VAR_secret", "1"),
+                ("PKR_VAR_lst", "[\"s3cr3t-env-list\", 5"),
+            ],
+        ),
+    ];
+    for (args, env) in cases {
+        let mut cmd = ctx.cmd(&["validate"]);
+        cmd.args(&args).arg("s.pkr.hcl");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("kiln");
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?} {env:?}: {all}");
+        assert!(!all.contains("s3cr3t"), "{args:?} {env:?} leaked:\n{all}");
+        assert!(
+            all.contains("invalid value for sensitive variable")
+                && all.contains("the value is not shown"),
+            "{args:?} {env:?}: {all}"
+        );
+        assert!(!all.contains("has no value"), "{all}");
+    }
+}

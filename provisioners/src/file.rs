@@ -185,7 +185,7 @@ impl Provisioner for FileProv {
         }
         Ok(serde_json::json!({
             "sources": sources,
-            "content": self.content.as_ref().map(|c| kiln_template::sha256_hex(c.as_bytes())),
+            "content": self.content.as_deref().map(kiln_core::text_digest),
             "destination": self.destination,
             "download": self.download,
         }))

@@ -195,10 +195,10 @@ impl Provisioner for ShellLocal {
         "shell-local"
     }
     fn key_inputs(&self) -> Result<serde_json::Value> {
-        let scripts: Vec<String> = self
+        let scripts: Vec<serde_json::Value> = self
             .scripts
             .iter()
-            .map(|(_, body)| kiln_template::sha256_hex(body.as_bytes()))
+            .map(|(_, body)| kiln_core::text_digest(body))
             .collect();
         Ok(
             serde_json::json!({"scripts": scripts, "env": self.env, "execute_command": self.execute_command}),

@@ -280,8 +280,8 @@ impl Provisioner for Shell {
         let mut scripts = Vec::new();
         for (name, body) in &self.scripts {
             let digest = match body {
-                ScriptBody::Inline(s) => kiln_template::sha256_hex(s.as_bytes()),
-                ScriptBody::File(p) => kiln_core::digest_path(p)?,
+                ScriptBody::Inline(s) => kiln_core::text_digest(s),
+                ScriptBody::File(p) => kiln_core::digest_path(p)?.into(),
             };
             scripts.push(serde_json::json!({"name": name, "digest": digest}));
         }

@@ -91,6 +91,30 @@ pub struct QemuBuilder {
     qemu_version: std::sync::OnceLock<String>,
 }
 
+/// Options whose values go on qemu's command line, which any local user can read in
+/// `/proc/PID/cmdline`: a sensitive value in one is refused (kiln-cli checks, it knows them).
+pub const ARGV_OPTIONS: &[&str] = &[
+    "qemuargs",
+    "qemu_extra_args",
+    "kernel_args",
+    "kernel",
+    "initrd",
+    "machine_type",
+    "cpu_model",
+    "net_device",
+    "display",
+    "qemu_binary",
+    "vm_name",
+    "accelerator",
+    "disk_interface",
+    "disk_cache",
+    "disk_discard",
+    "format",
+    "firmware",
+    "efi_firmware_code",
+    "efi_firmware_vars",
+];
+
 /// Decodes and checks a `qemu` source. Returns the builder and its warnings.
 pub fn from_component(
     build: &str,

@@ -103,6 +103,9 @@ enum Cmd {
         /// Upload built images to this registry repository under their cache key
         #[arg(long = "cache-to", value_name = "REGISTRY/REPO")]
         cache_to: Option<String>,
+        /// Fail the build when the --cache-from registry cannot be read (default: warn and build)
+        #[arg(long = "cache-required")]
+        cache_required: bool,
         /// Use plain HTTP for a registry on loopback (127.0.0.1, localhost)
         #[arg(long = "plain-http")]
         plain_http: bool,
@@ -356,6 +359,7 @@ pub fn main() -> ExitCode {
             out,
             cache_from,
             cache_to,
+            cache_required,
             plain_http,
         } => {
             let remote = match registry::cache_from_args(&cache_from, &cache_to, plain_http) {
@@ -364,6 +368,18 @@ pub fn main() -> ExitCode {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
+            };
+            let secret = match cache_secret() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let remote = CacheOpts {
+                remote,
+                required: cache_required,
+                secret,
             };
             build(
                 &t,
@@ -540,6 +556,35 @@ fn render_inspect(plan: &Plan) -> String {
     s
 }
 
+/// The shared build cache as the build sees it.
+struct CacheOpts {
+    remote: Option<registry::RegistryCache>,
+    required: bool,
+    secret: Option<Vec<u8>>,
+}
+
+/// KILN_CACHE_SECRET (the value) or KILN_CACHE_SECRET_FILE (a file holding it): what CI sets on
+/// every runner so that cache keys of builds with sensitive values agree across machines.
+fn cache_secret() -> Result<Option<Vec<u8>>, String> {
+    let (bytes, what) = if let Some(v) = std::env::var_os("KILN_CACHE_SECRET") {
+        (v.into_encoded_bytes(), "KILN_CACHE_SECRET".to_string())
+    } else if let Some(p) = std::env::var_os("KILN_CACHE_SECRET_FILE") {
+        let p = PathBuf::from(p);
+        let b = std::fs::read(&p)
+            .map_err(|e| format!("KILN_CACHE_SECRET_FILE {}: {e}", p.display()))?;
+        (b, format!("KILN_CACHE_SECRET_FILE {}", p.display()))
+    } else {
+        return Ok(None);
+    };
+    let trimmed = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+    if trimmed.len() < 16 {
+        return Err(format!(
+            "{what} is shorter than 16 bytes: use a long random value, e.g. `openssl rand -hex 32`"
+        ));
+    }
+    Ok(Some(trimmed))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build(
     t: &TemplateArgs,
@@ -548,9 +593,10 @@ fn build(
     on_error: &str,
     parallel: usize,
     out: &OutputArgs,
-    remote: Option<registry::RegistryCache>,
+    cache: CacheOpts,
     plain_http: bool,
 ) -> ExitCode {
+    let remote = cache.remote;
     let opts = match load_options(t, false) {
         Ok(o) => o,
         Err(m) => {
@@ -645,6 +691,8 @@ fn build(
         ask: Some(ask),
         pause,
         remote: remote.map(|r| Arc::new(r) as Arc<dyn engine::RemoteCache>),
+        cache_required: cache.required,
+        cache_secret: cache.secret,
         store,
     };
     let outcomes = engine::run(prepared.jobs, &run_opts, sink, &cancel);

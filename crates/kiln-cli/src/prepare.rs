@@ -42,8 +42,33 @@ fn step_spec<T: ?Sized>(s: &Step, step: Box<T>, d: &mut Diagnostics) -> StepSpec
     }
 }
 
+/// Refuses sensitive values in options that end up on a child's command line (readable by any
+/// local user in /proc/PID/cmdline, whatever kiln masks in its own output).
+fn secret_on_argv(b: &BuildPlan, plan: &Plan, options: &[&str], d: &mut Diagnostics) -> bool {
+    let mut found = false;
+    for name in options {
+        let Some(attr) = b.builder.attrs.get(*name) else {
+            continue;
+        };
+        let text = attr.value.to_string();
+        if plan
+            .sensitive_values
+            .iter()
+            .any(|s| s.len() >= 2 && text.contains(s.as_str()))
+        {
+            found = true;
+            d.push(Diagnostic::error(
+                format!("{name} holds a sensitive value, and {name} goes on qemu's command line, which every local user can read (/proc/PID/cmdline)"),
+                Some(attr.span.clone()),
+            ).with_hint("pass the secret through a file instead: e.g. qemuargs = [[\"-object\", \"secret,id=s0,file=/path/to/secret\"]] and refer to it by id, or provide it to the guest over http_content or cd_content"));
+        }
+    }
+    found
+}
+
 fn job(b: &BuildPlan, plan: &Plan, run_uuid: &str, d: &mut Diagnostics) -> Option<Job> {
     let builder: Box<dyn kiln_core::Builder> = match b.builder.kind.as_str() {
+        "qemu" if secret_on_argv(b, plan, kiln_builder_qemu::ARGV_OPTIONS, d) => return None,
         "qemu" => match kiln_builder_qemu::from_component(b.source_name(), &b.builder) {
             Ok((q, w)) => {
                 d.extend(w);

@@ -68,6 +68,11 @@ pub struct RunOptions {
     pub pause: Option<AskFn>,
     /// A build cache shared through a registry (--cache-from / --cache-to).
     pub remote: Option<Arc<dyn RemoteCache>>,
+    /// --cache-required: a shared cache that cannot be read fails the build (else: warn, build).
+    pub cache_required: bool,
+    /// The team's shared cache secret (KILN_CACHE_SECRET): keys the HMACs of sensitive values
+    /// in cache keys, so every runner computes the same key. Without it, the store's own secret.
+    pub cache_secret: Option<Vec<u8>>,
     pub store: Arc<Store>,
 }
 
@@ -153,8 +158,17 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
     job.builder.preflight(opts.force)?;
     let (out_dir, vm_name) = job.builder.output();
     em.phase("key");
-    let secret = opts.store.secret().map_err(store_err)?;
-    let key_inputs = cache_key_inputs(job, em, cancel)?;
+    let secret = match &opts.cache_secret {
+        Some(s) => s.clone(),
+        None => {
+            if !job.secrets.is_empty() && opts.remote.is_some() {
+                em.warn("the shared cache cannot match this build on another machine: it has sensitive values, which enter the cache key as HMACs under this store's own secret; set KILN_CACHE_SECRET (or KILN_CACHE_SECRET_FILE) to the same value on every runner");
+            }
+            opts.store.secret().map_err(store_err)?
+        }
+    };
+    let key_inputs =
+        resolve_text_digests(cache_key_inputs(job, em, cancel)?, &job.secrets, &secret);
     let key = cache_key(&key_inputs, &job.secrets, &secret);
     em.debug(format!("cache key {key}"));
     if !opts.force {
@@ -166,10 +180,19 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
             .map(|id| (id, "has the same inputs"));
         let hit = match (local, &opts.remote) {
             (Some(h), _) => Some(h),
-            (None, Some(remote)) => remote.fetch(&key, &opts.store, em)?.map(|id| {
-                let _ = opts.store.tag(&id, &job.tag);
-                (id, "was downloaded from the shared cache")
-            }),
+            (None, Some(remote)) => match remote.fetch(&key, &opts.store, em) {
+                Ok(found) => found.map(|id| {
+                    let _ = opts.store.tag(&id, &job.tag);
+                    (id, "was downloaded from the shared cache")
+                }),
+                Err(e) if !opts.cache_required && !matches!(e, Error::Cancelled) => {
+                    em.warn(format!(
+                        "{e}; building without it (--cache-required makes this an error)"
+                    ));
+                    None
+                }
+                Err(e) => return Err(e),
+            },
             (None, None) => None,
         };
         if let Some((id, why)) = hit {
@@ -362,6 +385,39 @@ fn cache_key_inputs(job: &Job, em: &Emitter, cancel: &Cancel) -> Result<serde_js
         "builder": {"type": job.builder.kind(), "inputs": job.builder.key_inputs(em, cancel)?},
         "provisioners": provs,
     }))
+}
+
+/// Replaces each `text_digest` marker with the text's sha256 (hex), or `hmac:<hex>` under the
+/// cache secret when the text holds a sensitive value.
+fn resolve_text_digests(v: serde_json::Value, secrets: &[String], key: &[u8]) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            if m.len() == 1 {
+                if let Some(Value::String(t)) = m.get(crate::TEXT_DIGEST) {
+                    let secret = secrets
+                        .iter()
+                        .any(|s| !s.is_empty() && t.contains(s.as_str()));
+                    return Value::String(if secret {
+                        format!("hmac:{}", kiln_store::hmac_sha256(key, t.as_bytes()))
+                    } else {
+                        kiln_template::sha256_hex(t.as_bytes())
+                    });
+                }
+            }
+            Value::Object(
+                m.into_iter()
+                    .map(|(k, x)| (k, resolve_text_digests(x, secrets, key)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(
+            a.into_iter()
+                .map(|x| resolve_text_digests(x, secrets, key))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// Bump when what goes into a key changes meaning.
@@ -676,4 +732,41 @@ fn on_failure(
         drop(machine);
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_digests_are_sha256_unless_the_text_holds_a_secret() {
+        let inputs = serde_json::json!({"scripts": [crate::text_digest("echo hi"), crate::text_digest("curl -u me:tok-123456 x")]});
+        let secrets = vec!["tok-123456".to_string()];
+        let a = resolve_text_digests(inputs.clone(), &secrets, b"key-a");
+        let b = resolve_text_digests(inputs.clone(), &secrets, b"key-b");
+        // Plain text: its sha256, the same everywhere (cache keys of old stores still match).
+        assert_eq!(a["scripts"][0], kiln_template::sha256_hex(b"echo hi"));
+        assert_eq!(a["scripts"][0], b["scripts"][0]);
+        // Text with a secret: an HMAC under the cache secret, never the guessable sha256.
+        let h = a["scripts"][1].as_str().unwrap_or_default();
+        assert!(h.starts_with("hmac:"), "{h}");
+        assert_ne!(a["scripts"][1], b["scripts"][1]);
+        assert!(!a
+            .to_string()
+            .contains(&kiln_template::sha256_hex(b"curl -u me:tok-123456 x")));
+        assert!(!a.to_string().contains("tok-123456"));
+        // The cache key depends on the cache secret only through sensitive values.
+        let plain = serde_json::json!({"s": crate::text_digest("echo hi")});
+        let k1 = cache_key(
+            &resolve_text_digests(plain.clone(), &secrets, b"key-a"),
+            &secrets,
+            b"key-a",
+        );
+        let k2 = cache_key(
+            &resolve_text_digests(plain, &secrets, b"key-b"),
+            &secrets,
+            b"key-b",
+        );
+        assert_eq!(k1, k2);
+    }
 }

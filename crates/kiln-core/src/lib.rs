@@ -87,6 +87,16 @@ pub fn now_rfc3339() -> String {
 }
 
 /// Content digest of a file (`sha256:…`) or of a directory tree (paths, modes and contents).
+/// The marker key of `text_digest`.
+pub const TEXT_DIGEST: &str = "$kiln-text-digest";
+
+/// A content digest of text (an inline script, inline content) for `key_inputs`. The engine
+/// turns it into the text's sha256 — or, when the text holds a sensitive value, an HMAC under the
+/// cache secret, so the stored config never carries a digest a secret can be guessed from.
+pub fn text_digest(text: &str) -> serde_json::Value {
+    serde_json::json!({ TEXT_DIGEST: text })
+}
+
 pub fn digest_path(p: &Path) -> Result<String> {
     use sha2::Digest as _;
     use std::os::unix::fs::PermissionsExt;

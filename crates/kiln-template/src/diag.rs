@@ -187,6 +187,23 @@ impl Diagnostics {
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
         self.0.iter().filter(|d| !d.is_error())
     }
+    /// Masks every one of `secrets` in messages, hints and shown source lines.
+    pub fn redact(&mut self, secrets: &[String]) {
+        let secrets: Vec<String> = secrets.iter().filter(|s| s.len() >= 2).cloned().collect();
+        if secrets.is_empty() {
+            return;
+        }
+        for d in &mut self.0 {
+            d.message = crate::redact(&secrets, &d.message);
+            d.hint = d.hint.as_deref().map(|h| crate::redact(&secrets, h));
+            if let Some(s) = &mut d.span {
+                let t = crate::redact(&secrets, &s.text);
+                if *t != *s.text {
+                    s.text = Arc::from(t.as_str());
+                }
+            }
+        }
+    }
     pub fn extend(&mut self, other: Diagnostics) {
         for d in other.0 {
             self.push(d);

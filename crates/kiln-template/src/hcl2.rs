@@ -92,6 +92,11 @@ pub(crate) struct Loader<'o> {
     locals: IndexMap<String, Local>,
     local_values: Map<String, Value>,
     sensitive_locals: Vec<String>,
+    /// Raw text given for sensitive variables (-var, env, var-files), valid or not: masked in
+    /// every diagnostic.
+    raw_sensitive: Vec<String>,
+    /// Variables whose given value was refused (so "has no value" is not said as well).
+    refused: Vec<String>,
     sources: IndexMap<String, SourceDef>,
     builds: Vec<(usize, Block)>,
     unknown_plugins: Vec<(String, Span)>,
@@ -108,6 +113,8 @@ impl<'o> Loader<'o> {
             locals: IndexMap::new(),
             local_values: Map::new(),
             sensitive_locals: Vec::new(),
+            raw_sensitive: Vec::new(),
+            refused: Vec::new(),
             sources: IndexMap::new(),
             builds: Vec::new(),
             unknown_plugins: Vec::new(),
@@ -199,6 +206,8 @@ impl<'o> Loader<'o> {
                 &mut secrets,
             );
         }
+        secrets.extend(self.raw_sensitive.iter().cloned());
+        self.diags.redact(&secrets);
         plan.sensitive_values = secrets;
         if !self.unknown_plugins.is_empty() {
             let filtered = !self.opts.only.is_empty() || !self.opts.except.is_empty();
@@ -219,6 +228,26 @@ impl<'o> Loader<'o> {
         }
         let ok = !self.diags.has_errors();
         (ok.then_some(plan), self.diags)
+    }
+
+    /// An invalid value for a sensitive variable: says what is wrong without the value, and
+    /// replaces the shown source line.
+    fn sensitive_value_error(&mut self, name: &str, origin: &str, span: Option<Span>) {
+        let ty = self
+            .vars
+            .get(name)
+            .and_then(|v| v.type_text.clone())
+            .unwrap_or_else(|| "string".into());
+        self.refused.push(name.to_string());
+        let span = span.map(|mut s| {
+            s.text = std::sync::Arc::from(format!("{name} = <sensitive>").as_str());
+            s.col = 1;
+            s
+        });
+        self.diags.push(Diagnostic::error(
+            format!("invalid value for sensitive variable {name:?} (from {origin}): it is not a valid {ty} (the value is not shown)"),
+            span,
+        ));
     }
 
     fn empty_plan(&self) -> Plan {
@@ -710,6 +739,10 @@ impl<'o> Loader<'o> {
         let Some(var) = self.vars.get(name) else {
             return;
         };
+        if var.sensitive {
+            self.raw_sensitive.push(raw.to_string());
+        }
+        let sensitive = var.sensitive;
         let value = match &var.ty {
             None | Some(Type::String) => Ok(Value::from(raw)),
             Some(_) => hcl::edit::parser::parse_expr(raw)
@@ -726,11 +759,15 @@ impl<'o> Loader<'o> {
         };
         match value {
             Ok(v) => self.set_value(name, v, origin, span),
+            Err(_) if sensitive => self.sensitive_value_error(name, origin, span),
             Err(msg) => self.diags.push(Diagnostic::error(msg, span)),
         }
     }
 
     fn set_value(&mut self, name: &str, v: Value, origin: &'static str, span: Option<Span>) {
+        if self.vars.get(name).is_some_and(|v| v.sensitive) {
+            collect_strings(&v, &mut self.raw_sensitive);
+        }
         let Some(var) = self.vars.get_mut(name) else {
             return;
         };
@@ -738,12 +775,15 @@ impl<'o> Loader<'o> {
             Some(t) => t.convert(&v),
             None => Ok(v),
         };
+        let sensitive = var.sensitive;
         match converted {
             Ok(c) => {
                 var.value = Some(c);
                 var.origin = origin;
             }
+            Err(_) if sensitive => self.sensitive_value_error(name, origin, span),
             Err(msg) => {
+                self.refused.push(name.to_string());
                 let d = Diagnostic::error(
                     format!("invalid value for variable {name:?} (from {origin}): {msg}"),
                     span,
@@ -798,8 +838,23 @@ impl<'o> Loader<'o> {
             let span = Span::from_offset(&arc, &text, start);
             match s {
                 Structure::Attribute(a) => {
+                    let sensitive = self.vars.get(a.key.as_str()).is_some_and(|v| v.sensitive);
+                    if sensitive {
+                        // The attribute's source text, whatever it evaluates to.
+                        let src = a
+                            .value
+                            .span()
+                            .and_then(|r| text.get(r))
+                            .unwrap_or_default()
+                            .trim_matches('"')
+                            .to_string();
+                        self.raw_sensitive.push(src);
+                    }
                     match evaluate(&hcl::Expression::from(a.value.clone()), &ctx) {
                         Ok(v) => self.var_file_value(a.key.as_str(), v, span),
+                        Err(_) if sensitive => {
+                            self.sensitive_value_error(a.key.as_str(), "var-file", Some(span))
+                        }
                         Err(msg) => self.diags.push(Diagnostic::error(msg, Some(span))),
                     }
                 }
@@ -840,7 +895,9 @@ impl<'o> Loader<'o> {
                 !var.nullable && var.value == Some(Value::Null),
                 var.span.clone(),
             );
-            if missing {
+            if missing && self.refused.contains(name) {
+                // Its value was refused above; that error says what to fix.
+            } else if missing {
                 self.err(format!("variable {name:?} has no value"), span, Some(format!("set it with -var {name}=..., a -var-file, or PKR_VAR_{name}, or give it a default")));
             } else if null_bad {
                 self.err(
