@@ -616,3 +616,84 @@ fn iso_url_over_http_is_downloaded_once_verified_and_cached() {
     assert!(text(&o).contains("checksum mismatch"), "{}", text(&o));
     assert!(ctx.qemu_pids().is_empty());
 }
+
+#[test]
+fn the_guest_host_key_is_pinned_for_the_build_recorded_and_checked_against_ssh_host_key() {
+    let ctx = Ctx::new("hostkey");
+    let build = |name: &str, extra: &str, body: &str| {
+        let t = ctx.write(&format!("{name}.pkr.hcl"), &hcl(&ctx, name, extra, body));
+        ctx.kiln(&["build", t.to_str().unwrap_or_default()])
+    };
+    // A wrong ssh_host_key: refused before authenticating, naming the key the guest has.
+    let wrong = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let out = build(
+        "hk1",
+        &format!("  ssh_host_key = \"{wrong}\"\n"),
+        "  provisioner \"shell\" {\n    inline = [\"true\"]\n  }",
+    );
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(
+        s.contains("host key") && s.contains("changed") && s.contains(wrong),
+        "{s}"
+    );
+    let actual = s
+        .split("it is ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        actual.starts_with("SHA256:") && actual.len() == 50,
+        "{actual:?} in {s}"
+    );
+    assert!(!ctx.dir.join("out-hk1").exists());
+
+    // The right one: the build passes and the manifest records the key.
+    let out = build(
+        "hk2",
+        &format!("  ssh_host_key = \"{actual}\"\n"),
+        "  provisioner \"shell\" {\n    inline = [\"true\"]\n  }",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let insp = ctx.kiln(&["inspect", "hk2"]);
+    let v: serde_json::Value = serde_json::from_slice(&insp.stdout).expect("inspect json");
+    assert_eq!(v["config"]["builder"]["sshHostKey"], actual.as_str());
+
+    // Keys swapped mid-build (new host keys, then a reboot): the reconnection is refused.
+    let keys = ctx.dir.join("newkeys");
+    std::fs::create_dir_all(&keys).expect("mkdir");
+    let mut uploads = String::new();
+    for (t, extra) in [
+        ("ed25519", vec![]),
+        ("ecdsa", vec!["-s", "256"]),
+        ("rsa", vec!["-s", "2048"]),
+    ] {
+        let f = keys.join(format!("dropbear_{t}_host_key"));
+        let st = std::process::Command::new("dropbearkey")
+            .args(["-t", t])
+            .args(&extra)
+            .arg("-f")
+            .arg(&f)
+            .output()
+            .expect("dropbearkey (apt-get install dropbear-bin)");
+        assert!(st.status.success());
+        uploads.push_str(&format!(
+            "  provisioner \"file\" {{\n    source      = \"{}\"\n    destination = \"/etc/dropbear/dropbear_{t}_host_key\"\n  }}\n",
+            f.display()
+        ));
+    }
+    let out = build(
+        "hk3",
+        "",
+        &format!("{uploads}  provisioner \"shell\" {{\n    inline            = [\"sync\", \"reboot\"]\n    expect_disconnect = true\n  }}\n  provisioner \"shell\" {{\n    inline = [\"echo after > /root/after\"]\n  }}"),
+    );
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(
+        s.contains("host key") && s.contains("seen at the first connection"),
+        "{s}"
+    );
+    assert!(!ctx.dir.join("out-hk3").exists());
+    assert!(ctx.qemu_pids().is_empty());
+}

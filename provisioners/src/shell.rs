@@ -219,7 +219,7 @@ impl Shell {
             match r {
                 Ok(()) => break,
                 Err(Error::Cancelled) => return Err(Error::Cancelled),
-                Err(e @ Error::Io { .. }) => return Err(e),
+                Err(e @ (Error::Io { .. } | Error::Fatal(_))) => return Err(e),
                 Err(e) if start.elapsed() < self.start_retry_timeout => {
                     cx.em
                         .debug(format!("upload of {name} failed ({e}); retrying"));

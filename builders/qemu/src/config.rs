@@ -117,6 +117,8 @@ pub struct SshOpts {
     pub ssh_keep_alive_interval: Option<Dur>,
     pub ssh_read_write_timeout: Option<Dur>,
     pub ssh_clear_authorized_keys: Option<Flag>,
+    /// kiln extension: the host key the guest must present (`SHA256:…` or a public key line).
+    pub ssh_host_key: Option<Text>,
     pub ssh_agent_auth: Option<Flag>,
     pub ssh_disable_agent_forwarding: Option<Flag>,
     pub ssh_ciphers: Option<Vec<Text>>,

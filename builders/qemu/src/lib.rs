@@ -265,6 +265,11 @@ fn check(c: &Component, q: &QemuConfig, ssh: &SshOpts, s: &Settings) -> Diagnost
             ));
         }
     }
+    if let Some(k) = s.ssh.as_ref().and_then(|c| c.host_key.as_deref()) {
+        if let Err(m) = kiln_ssh::host_key_fingerprint(k) {
+            err("ssh_host_key", m);
+        }
+    }
     if let Err(m) = image::check_checksum_form(&s.checksum) {
         err("iso_checksum", m);
     }
@@ -327,6 +332,7 @@ fn settings(build: &str, q: &QemuConfig, ssh: &SshOpts) -> std::result::Result<S
         keep_alive: ssh
             .ssh_keep_alive_interval
             .map_or(Duration::from_secs(5), |d| d.0),
+        host_key: t(&ssh.ssh_host_key),
     });
     let efi = if flag(q.efi_boot) {
         Some((
@@ -948,6 +954,7 @@ impl Builder for QemuBuilder {
             }
         }
         Ok(Box::new(QemuMachine {
+            host_key: comm.as_ref().and_then(|c| c.host_key().map(str::to_string)),
             comm,
             qmp: Some(qmp),
             _hook: hook,
@@ -1093,6 +1100,8 @@ struct QemuMachine {
     qemu_version: String,
     /// The comment that marks the temporary public key (for ssh_clear_authorized_keys).
     temp_key_comment: Option<String>,
+    /// The guest's SSH host key fingerprint, pinned for the build (for the manifest).
+    host_key: Option<String>,
     work: WorkDir,
 }
 
@@ -1251,6 +1260,9 @@ impl Machine for QemuMachine {
         data.insert("virtual_size".into(), vsize.to_string());
         data.insert("qemu_version".into(), self.qemu_version.clone());
         data.insert("vm_name".into(), self.s.vm_name.clone());
+        if let Some(k) = &self.host_key {
+            data.insert("ssh_host_key".into(), k.clone());
+        }
         Ok(Artifact {
             builder_type: "qemu".into(),
             files: vec![target],

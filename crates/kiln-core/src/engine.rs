@@ -300,6 +300,7 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
             "inputs": key_inputs["builder"],
             "qemuVersion": artifact.data.get("qemu_version"),
             "accelerator": artifact.data.get("accelerator"),
+            "sshHostKey": artifact.data.get("ssh_host_key"),
         },
         "provisioners": records,
         "kiln": {"version": env!("CARGO_PKG_VERSION")},
@@ -668,6 +669,7 @@ fn run_provisioner(
             Ok(()) => return Ok(()),
             Err(Error::Cancelled) => return Err(Error::Cancelled),
             Err(_) if cancel.is_cancelled() => return Err(Error::Cancelled),
+            Err(e @ Error::Fatal(_)) => return Err(e),
             Err(e) if attempt < p.max_retries => {
                 attempt += 1;
                 let wait = Duration::from_secs((1u64 << attempt.min(5)).min(30));

@@ -23,6 +23,9 @@ pub enum Error {
     Disconnected(String),
     #[error("{0}")]
     Failed(String),
+    /// A failure no retry can fix (a changed SSH host key): steps that retry stop at once.
+    #[error("{0}")]
+    Fatal(String),
 }
 
 impl Error {

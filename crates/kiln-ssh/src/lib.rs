@@ -31,6 +31,49 @@ pub struct SshConfig {
     pub pty: bool,
     pub transfer: Transfer,
     pub keep_alive: Duration,
+    /// The host key the guest must present (`ssh_host_key`): an OpenSSH fingerprint
+    /// `SHA256:…` or a public key line `ssh-ed25519 AAAA…`. Without it, the key seen at the first
+    /// connection is pinned for the rest of the build.
+    pub host_key: Option<String>,
+}
+
+/// The OpenSSH fingerprint (`SHA256:` + unpadded base64) of `ssh_host_key` as written: a
+/// fingerprint stays as it is; a public key line is hashed.
+pub fn host_key_fingerprint(spec: &str) -> std::result::Result<String, String> {
+    use base64::Engine as _;
+    let spec = spec.trim();
+    if let Some(fp) = spec.strip_prefix("SHA256:") {
+        let ok = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(fp.trim_end_matches('='))
+            .is_ok_and(|b| b.len() == 32);
+        return if ok {
+            Ok(format!("SHA256:{}", fp.trim_end_matches('=')))
+        } else {
+            Err(format!("ssh_host_key {spec:?} is not a SHA256 fingerprint (SHA256: and 43 base64 characters, as `ssh-keygen -lf` prints)"))
+        };
+    }
+    let mut it = spec.split_whitespace();
+    // Known-hosts lines start with the host names; key lines with the type.
+    let fields: Vec<&str> = it.by_ref().take(3).collect();
+    let blob = fields
+        .iter()
+        .find_map(|f| {
+            base64::engine::general_purpose::STANDARD
+                .decode(f)
+                .ok()
+                .filter(|b| b.len() > 16)
+        })
+        .ok_or_else(|| format!("ssh_host_key {spec:?} is neither a SHA256:… fingerprint nor a public key line (`ssh-ed25519 AAAA…`)"))?;
+    Ok(fingerprint(&blob))
+}
+
+fn fingerprint(blob: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(blob))
+    )
 }
 
 impl std::fmt::Debug for SshConfig {
@@ -42,6 +85,7 @@ impl std::fmt::Debug for SshConfig {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<sensitive>"))
             .field("private_key_file", &self.private_key_file)
+            .field("host_key", &self.host_key)
             .finish()
     }
 }
@@ -60,6 +104,8 @@ pub struct SshComm {
     alive: Liveness,
     /// Whether scp/sftp failed once, so later transfers go straight to the exec fallback.
     use_cat: bool,
+    /// The host key fingerprint every connection of this build must present.
+    pinned: Option<String>,
 }
 
 /// Why the last attempt did not get a session.
@@ -69,6 +115,8 @@ enum Waiting {
     NoBanner,
     Handshake(String),
     Auth(String),
+    /// The server presented another host key than the pinned one: never retried.
+    HostKey(String),
 }
 
 impl std::fmt::Display for Waiting {
@@ -80,6 +128,7 @@ impl std::fmt::Display for Waiting {
             }
             Waiting::Handshake(e) => write!(f, "SSH handshake failed: {e}"),
             Waiting::Auth(e) => write!(f, "authentication rejected: {e}"),
+            Waiting::HostKey(e) => f.write_str(e),
         }
     }
 }
@@ -92,7 +141,13 @@ impl SshComm {
         cancel: Cancel,
         alive: Liveness,
     ) -> Result<SshComm> {
+        let pinned = match cfg.host_key.as_deref().map(host_key_fingerprint) {
+            Some(Ok(fp)) => Some(fp),
+            Some(Err(e)) => return Err(Error::failed(e)),
+            None => None,
+        };
         let mut c = SshComm {
+            pinned,
             cfg,
             sess: None,
             sftp: None,
@@ -104,6 +159,11 @@ impl SshComm {
         };
         c.ensure()?;
         Ok(c)
+    }
+
+    /// The host key fingerprint pinned for this build (for the manifest).
+    pub fn host_key(&self) -> Option<&str> {
+        self.pinned.as_deref()
     }
 
     fn addr(&self) -> Result<SocketAddr> {
@@ -142,7 +202,12 @@ impl SshComm {
             let attempt_start = Instant::now();
             let r = self.try_session(addr, banner_timeout);
             match r {
-                Ok(s) => {
+                Ok((s, fp)) => {
+                    if self.pinned.is_none() {
+                        self.em
+                            .debug(format!("ssh host key {fp} pinned for this build"));
+                        self.pinned = Some(fp);
+                    }
                     self.em.debug(format!(
                         "ssh connected to {addr} as {} after {:.1}s",
                         self.cfg.user,
@@ -150,6 +215,7 @@ impl SshComm {
                     ));
                     return Ok(s);
                 }
+                Err(Waiting::HostKey(m)) => return Err(Error::Fatal(m)),
                 Err(w) => {
                     if let Waiting::Auth(_) = &w {
                         // Rejected credentials rarely fix themselves, but sshd may not have read the key yet.
@@ -179,7 +245,7 @@ impl SshComm {
                             match &w {
                                 Waiting::Auth(_) => " — check ssh_username, ssh_password or ssh_private_key_file",
                                 Waiting::Refused | Waiting::NoBanner => " — the guest's SSH server never answered; see the console log below",
-                                Waiting::Handshake(_) => "",
+                                Waiting::Handshake(_) | Waiting::HostKey(_) => "",
                             }
                         )));
                     }
@@ -195,7 +261,7 @@ impl SshComm {
         &self,
         addr: SocketAddr,
         banner_timeout: Duration,
-    ) -> std::result::Result<ssh2::Session, Waiting> {
+    ) -> std::result::Result<(ssh2::Session, String), Waiting> {
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| match e
             .kind()
         {
@@ -236,6 +302,19 @@ impl SshComm {
         if let Err(e) = sess.handshake() {
             return Err(Waiting::Handshake(e.message().to_string()));
         }
+        // Checked before authenticating, so no password goes to a host that is not the guest.
+        let fp = match sess.host_key() {
+            Some((blob, _)) => fingerprint(blob),
+            None => return Err(Waiting::Handshake("the server sent no host key".into())),
+        };
+        if let Some(want) = &self.pinned {
+            if *want != fp {
+                return Err(Waiting::HostKey(format!(
+                    "the SSH host key of {addr} changed: it is {fp}, but {want} was {} — another machine may be answering (if a step regenerates the guest's host keys on purpose, do it in the last provisioner, or leave it to the image's first boot)",
+                    if self.cfg.host_key.is_some() { "set by ssh_host_key" } else { "seen at the first connection of this build" }
+                )));
+            }
+        }
         sess.set_timeout(10_000);
         let user = &self.cfg.user;
         let mut reasons = Vec::new();
@@ -268,7 +347,7 @@ impl SshComm {
         if self.cfg.keep_alive > Duration::ZERO {
             sess.set_keepalive(false, self.cfg.keep_alive.as_secs().max(1) as u32);
         }
-        Ok(sess)
+        Ok((sess, fp))
     }
 
     fn lost(&mut self, what: &str, e: impl std::fmt::Display) -> Error {
@@ -520,5 +599,26 @@ impl Communicator for SshComm {
     fn reset(&mut self) {
         self.sftp = None;
         self.sess = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_key_fingerprint;
+
+    #[test]
+    fn host_key_specs_give_openssh_fingerprints() {
+        // `ssh-keygen -lf` of this key prints SHA256:lFavft139pkVqYiHsopAsD7q2LfHZLNKQ8Dux0Jn6To.
+        let line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0Y1m88W0rejCXM8hYLceRDRSYR3u9/CVQessYHX9HM root@vm";
+        let want = "SHA256:lFavft139pkVqYiHsopAsD7q2LfHZLNKQ8Dux0Jn6To";
+        assert_eq!(host_key_fingerprint(line).as_deref(), Ok(want));
+        assert_eq!(host_key_fingerprint(want).as_deref(), Ok(want));
+        assert_eq!(
+            host_key_fingerprint(&format!("[127.0.0.1]:2222 {line}")).as_deref(),
+            Ok(want)
+        );
+        for bad in ["SHA256:short", "MD5:aa:bb", "ssh-ed25519", ""] {
+            assert!(host_key_fingerprint(bad).is_err(), "{bad:?}");
+        }
     }
 }
