@@ -240,28 +240,28 @@ fn two_builds_of_one_name_into_one_store_at_once_both_land_and_survive_gc() {
     }
 }
 
-#[test]
-fn sigkill_while_writing_into_the_store_leaves_no_bad_blob() {
-    let ctx = Ctx::new("storekill");
-    let qemu = ctx.qemu_counter();
-    ctx.write("s.sh", "#!/bin/sh\necho killed-run > /root/run\n");
-    let t = template(&ctx, "sk", &qemu, "s.sh");
+/// Starts `kiln build t` held by the store-before-rename hook for `secs` and returns once the disk
+/// is exported (hashed in the store's temp dir, not renamed yet); the log file is returned.
+fn build_held_in_store(
+    ctx: &Ctx,
+    t: &std::path::Path,
+    secs: &str,
+) -> (std::process::Child, std::path::PathBuf) {
     let log = ctx.dir.join("kiln.log");
     let f = std::fs::File::create(&log).expect("log");
     let mut child = ctx
         .cmd(&["build", t.to_str().unwrap_or_default()])
         .env("KILN_FAILPOINT", "store-before-rename")
+        .env("KILN_FAILPOINT_SECS", secs)
         .stdout(f.try_clone().expect("dup"))
         .stderr(f)
         .spawn()
         .expect("spawn");
-    // Wait until the disk sits hashed in the store's temp dir, not yet renamed.
     let end = Instant::now() + Duration::from_secs(120);
     loop {
         let s = std::fs::read_to_string(&log).unwrap_or_default();
         if s.contains("exported disk.qcow2") {
-            std::thread::sleep(Duration::from_millis(500));
-            break;
+            return (child, log);
         }
         assert!(
             child.try_wait().expect("wait").is_none(),
@@ -270,6 +270,17 @@ fn sigkill_while_writing_into_the_store_leaves_no_bad_blob() {
         assert!(Instant::now() < end, "no export within 120s:\n{s}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn sigkill_while_writing_into_the_store_leaves_no_bad_blob() {
+    let ctx = Ctx::new("storekill");
+    let qemu = ctx.qemu_counter();
+    ctx.write("s.sh", "#!/bin/sh\necho killed-run > /root/run\n");
+    let t = template(&ctx, "sk", &qemu, "s.sh");
+    // Wait until the disk sits hashed in the store's temp dir, not yet renamed.
+    let (mut child, _log) = build_held_in_store(&ctx, &t, "60");
+    std::thread::sleep(Duration::from_millis(500));
     let _ = child.kill();
     let _ = child.wait();
     let store = ctx.dir.join("store");
@@ -519,29 +530,7 @@ fn sigterm_during_the_store_phase_publishes_nothing() {
     let qemu = ctx.qemu_counter();
     ctx.write("s.sh", "#!/bin/sh\necho term-run > /root/run\n");
     let t = template(&ctx, "st", &qemu, "s.sh");
-    let log = ctx.dir.join("kiln.log");
-    let f = std::fs::File::create(&log).expect("log");
-    let mut child = ctx
-        .cmd(&["build", t.to_str().unwrap_or_default()])
-        .env("KILN_FAILPOINT", "store-before-rename")
-        .env("KILN_FAILPOINT_SECS", "3")
-        .stdout(f.try_clone().expect("dup"))
-        .stderr(f)
-        .spawn()
-        .expect("spawn");
-    let end = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = std::fs::read_to_string(&log).unwrap_or_default();
-        if s.contains("exported disk.qcow2") {
-            break;
-        }
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "kiln ended early:\n{s}"
-        );
-        assert!(Instant::now() < end, "no export within 120s:\n{s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (mut child, log) = build_held_in_store(&ctx, &t, "3");
     // SAFETY: signalling the child we spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let st = child.wait().expect("wait");

@@ -91,6 +91,13 @@ pub struct QemuBuilder {
     qemu_version: std::sync::OnceLock<String>,
 }
 
+/// For fuzz/: parses one boot_command string (and lists its unknown `<keys>`).
+#[doc(hidden)]
+pub fn fuzz_boot_command(s: &str) -> bool {
+    let _ = bootcmd::unknown_keys(s);
+    bootcmd::parse(s).is_ok()
+}
+
 /// Options whose values go on qemu's command line, which any local user can read in
 /// `/proc/PID/cmdline`: a sensitive value in one is refused (kiln-cli checks, it knows them).
 pub const ARGV_OPTIONS: &[&str] = &[

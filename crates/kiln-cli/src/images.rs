@@ -6,20 +6,20 @@ use std::process::ExitCode;
 
 /// Opens (creating if needed) the store for a command that writes images: build, pull.
 pub fn open(store: &Option<PathBuf>) -> Result<Store, ExitCode> {
-    let root = store.clone().unwrap_or_else(kiln_store::default_root);
-    Store::open(&root).map_err(|e| {
-        eprintln!(
-            "error: cannot open the image store at {}: {e}",
-            root.display()
-        );
-        ExitCode::from(1)
-    })
+    open_with(store, Store::open)
 }
 
 /// Opens an existing store, creating nothing: for every other command.
 pub fn open_existing(store: &Option<PathBuf>) -> Result<Store, ExitCode> {
+    open_with(store, Store::open_existing)
+}
+
+fn open_with(
+    store: &Option<PathBuf>,
+    how: fn(&Path) -> kiln_store::Result<Store>,
+) -> Result<Store, ExitCode> {
     let root = store.clone().unwrap_or_else(kiln_store::default_root);
-    Store::open_existing(&root).map_err(|e| {
+    how(&root).map_err(|e| {
         eprintln!(
             "error: cannot open the image store at {}: {e}",
             root.display()

@@ -8,17 +8,15 @@ use std::process::{Child, Command};
 /// Sets PR_SET_PDEATHSIG so the child gets SIGKILL when the thread that spawned it dies.
 /// Spawn from the thread that owns the child for its whole life (the build's thread).
 pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    parent_death_signal(cmd, libc::SIGKILL)
+}
+
+/// Sets PR_SET_PDEATHSIG to `sig` (and exits at once if the parent is already gone).
+fn parent_death_signal(cmd: &mut Command, sig: libc::c_int) -> &mut Command {
     // SAFETY: prctl and getppid are async-signal-safe; the closure allocates nothing.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may already have died between fork and prctl.
@@ -77,25 +75,7 @@ impl Guarded {
             .args(argv);
         configure(&mut cmd);
         cmd.process_group(0);
-        // SAFETY: prctl and getppid are async-signal-safe; the closure allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGTERM as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() == 1 {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        parent_death_signal(&mut cmd, libc::SIGTERM);
         let child = cmd.spawn().ctx(|| format!("cannot start {what}"))?;
         Ok(Guarded {
             child: Some(child),

@@ -851,6 +851,19 @@ fn location(resp: &http::Response<ureq::Body>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// For fuzz/: what kiln reads from a registry: a reference, a WWW-Authenticate challenge, a
+/// manifest's blob list (each digest parsed as a pull does).
+#[doc(hidden)]
+pub fn fuzz_response(text: &str) {
+    let _ = Reference::parse(text);
+    let _ = parse_challenge(text);
+    if let Ok(m) = serde_json::from_str::<serde_json::Value>(text) {
+        for (d, _) in manifest_blobs(&m) {
+            let _ = kiln_store::parse_digest(&d, "fuzz");
+        }
+    }
+}
+
 fn parse_challenge(c: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let rest = c.split_once(' ').map_or("", |(_, r)| r);

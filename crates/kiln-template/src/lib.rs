@@ -189,6 +189,23 @@ pub(crate) fn read_text(path: &Path) -> Result<String, Diagnostic> {
     })
 }
 
+/// For fuzz/: renders `s` with the legacy `{{ }}` engine, with one user variable.
+#[doc(hidden)]
+pub fn fuzz_gotmpl(s: &str) -> Result<String, String> {
+    let user = std::collections::HashMap::from([("x".to_string(), "v".to_string())]);
+    gotmpl::render(
+        s,
+        &gotmpl::GoCtx {
+            user: &user,
+            env_allowed: false,
+            template_dir: ".".into(),
+            build_name: Some("b".into()),
+            build_type: Some("qemu".into()),
+            now: 0,
+        },
+    )
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     funcs::hex(&sha2::Sha256::digest(bytes))
 }
