@@ -246,6 +246,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         rest = &rest[u_end..];
         total += n * unit;
     }
+    // Go's durations end at about 292 years; anything longer is a mistake, not a wait.
+    const MAX_SECS: f64 = 9_223_372_037.0; // 2562047h47m16.854775807s
+    if total.is_nan() || total > MAX_SECS {
+        return Err(format!(
+            "invalid duration {s:?}: longer than Go's largest duration (about 292 years)"
+        ));
+    }
     Ok(Duration::from_secs_f64(total))
 }
 
@@ -351,5 +358,10 @@ mod tests {
         assert_eq!(parse_duration("1h2m3s"), Ok(Duration::from_secs(3723)));
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("10").is_err());
+        // Found by fuzz/boot_command: a huge number panicked in Duration::from_secs_f64.
+        let huge = format!("{}s", "5".repeat(64));
+        assert!(parse_duration(&huge).is_err());
+        assert!(parse_duration("1e400h").is_err());
+        assert!(parse_duration("2562047h").is_ok());
     }
 }
