@@ -5,6 +5,7 @@ store against a gc loop. Prints a markdown table; --write puts it into docs/reli
 
     bench/faults.py            the full matrix (7 phases x 3 signals + concurrency), ~5 minutes
     bench/faults.py --quick    3 phases x 2 signals + concurrency of 2 (what CI runs)
+    bench/faults.py --phase=shell-local --signal=SIGKILL --repeat=5    one cell, five times
 
 After every kill it checks: kiln exited (130/143 for SIGINT/SIGTERM), no qemu of this run and no
 child of a host script is left running, nothing was published (except in post-process, which
@@ -82,6 +83,14 @@ SIGNALS = [("SIGINT", signal.SIGINT), ("SIGTERM", signal.SIGTERM), ("SIGKILL", s
 if quick:
     PHASES = {k: PHASES[k] for k in ["provision", "shell-local", "store"]}
     SIGNALS = [SIGNALS[1], SIGNALS[2]]
+for arg in sys.argv[1:]:
+    if arg.startswith("--phase="):
+        PHASES = {k: v for k, v in PHASES.items() if k in arg[8:].split(",")}
+    if arg.startswith("--signal="):
+        SIGNALS = [x for x in SIGNALS if x[0] in arg[9:].split(",")]
+    if arg.startswith("--repeat="):
+        PHASES = {f"{k}": v for k, v in PHASES.items()}
+        SIGNALS = SIGNALS * int(arg[9:])
 
 store = os.path.join(work, "store")
 env = dict(os.environ, KILN_STORE=store, KILN_WORK_DIR=os.path.join(work, "scratch"), TMPDIR=tmpdir)
@@ -178,6 +187,12 @@ for phase, (line, extra_env) in PHASES.items():
             problems.append(f"qemu left running: {qemu_of_this_run()}")
         if child and not wait_until(lambda: not running(child), 10):
             problems.append("a host script's child outlived kiln")
+        if "build finished in" in open(log_path).read():
+            # The kill landed after the build completed (a short phase): not counted.
+            rows.append((phase, sig_name, code, f"{exit_s:.1f}", "finished before the signal (not counted)"))
+            print(f"{phase:<18} {sig_name:<8} finished before the signal", flush=True)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            continue
         published = os.path.exists(out_dir)
         if published and phase != "post-process":
             problems.append("output published by a killed run")

@@ -276,16 +276,34 @@ pub fn compress(c: &Component) -> std::result::Result<Compress, Diagnostics> {
     })
 }
 
-fn run_sh(script: &str, what: &str) -> Result<()> {
-    let out = std::process::Command::new("sh")
-        .args(["-c", script])
-        .output()
-        .map_err(|e| Error::io(format!("cannot run {what}"), e))?;
-    if !out.status.success() {
+/// Runs `script` (tar, gzip, zstd…) in its own process group: killed whole on cancel, and if
+/// kiln dies its supervisor removes `partial` (the half-written output) and kills the group.
+fn run_sh(script: &str, what: &str, cx: &StepCx<'_>, partial: &Path) -> Result<()> {
+    let argv = ["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
+    let mut child = kiln_core::process::Guarded::spawn_group(
+        &argv,
+        |c: &mut std::process::Command| {
+            c.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+        },
+        Some(partial),
+        what,
+    )?;
+    let pid = child.id();
+    let _hook = cx
+        .cancel
+        .on_cancel(move || kiln_core::process::kill_group(pid));
+    let mut err = String::new();
+    if let Some(e) = child.child().and_then(|c| c.stderr.take()) {
+        let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(e), &mut err);
+    }
+    let st = child.wait()?;
+    cx.cancel.check()?;
+    if !st.success() {
         return Err(Error::failed(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            "{what} failed ({st}): {}",
+            err.trim()
         )));
     }
     Ok(())
@@ -340,7 +358,7 @@ impl PostProcessor for Compress {
             "xz" => format!("cat {fl} | xz -{l} > {t}"),
             _ => format!("rm -f {t} && zip -q -j -{l} {t} {fl}"),
         };
-        let r = run_sh(&script, &format!("compress ({})", self.format));
+        let r = run_sh(&script, &format!("compress ({})", self.format), cx, &tmp);
         if r.is_err() {
             let _ = std::fs::remove_file(&tmp);
             r?;
@@ -479,7 +497,7 @@ impl PostProcessor for Vagrant {
                 .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
         }
         let tmp = out.with_extension("kiln-part");
-        run_sh(
+        let r = run_sh(
             &format!(
                 "tar -C {} -cf - . | gzip -{} > {}",
                 q(&dir),
@@ -487,7 +505,13 @@ impl PostProcessor for Vagrant {
                 q(&tmp)
             ),
             "vagrant box",
-        )?;
+            cx,
+            &tmp,
+        );
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            r?;
+        }
         std::fs::rename(&tmp, &out)
             .map_err(|e| Error::io(format!("cannot write {}", out.display()), e))?;
         cx.em
