@@ -201,7 +201,8 @@ for phase, (line, extra_env) in PHASES.items():
             problems.append("kiln verify failed: " + (v.stdout + v.stderr).strip()[-200:])
         # The next build works and sweeps what the killed one left.
         shutil.rmtree(out_dir, ignore_errors=True)
-        nxt = kiln_run(["build", t])
+        # (the same build without its long step: what matters is that it runs and sweeps)
+        nxt = kiln_run(["build", template(name, "none")])
         if nxt.returncode != 0:
             problems.append("the next build failed: " + (nxt.stdout + nxt.stderr).strip()[-300:])
         left_tmp = os.listdir(os.path.join(store, "tmp")) if os.path.isdir(os.path.join(store, "tmp")) else []
