@@ -233,15 +233,18 @@ fn check(c: &Component, q: &QemuConfig, ssh: &SshOpts, s: &Settings) -> Diagnost
         10_000,
         "",
     );
-    for (lo, hi) in [
-        ("vnc_port_min", "vnc_port_max"),
-        ("http_port_min", "http_port_max"),
+    // The decoded values, so "5900" and 5900 compare alike.
+    for ((lo, l), (hi, h)) in [
+        (
+            ("vnc_port_min", q.vnc_port_min),
+            ("vnc_port_max", q.vnc_port_max),
+        ),
+        (
+            ("http_port_min", q.http_port_min),
+            ("http_port_max", q.http_port_max),
+        ),
     ] {
-        let get = |a: &str| {
-            c.get(a)
-                .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
-        };
-        if let (Some(l), Some(h)) = (get(lo), get(hi)) {
+        if let (Some(l), Some(h)) = (num(l), num(h)) {
             if l > h {
                 err(lo, format!("{lo} = {l} is above {hi} = {h}"));
             }
