@@ -1,156 +1,358 @@
-//! The qemu builder's options, named as in Packer's qemu builder, and the SSH communicator's.
-//! `decode` checks them all at validate time; options kiln accepts but does not act on yet are
-//! named in warnings.
+//! The qemu builder's options, named as in Packer's qemu builder. Each option is declared once,
+//! here: a field with its final type (weakly decoded, as Packer's mapstructure does: `"1024"` or
+//! `1024`, `"true"` or `true`), its static default in `Default`, its doc (docs/qemu.md is
+//! generated from these comments by `cargo test -p kiln-builder-qemu docs`), and how it enters
+//! the cache key (the serde attributes of `Serialize`, see `kiln_core::config::key`).
+//! `resolve` applies the defaults that depend on the build, checks the rules that span options,
+//! and returns the `Settings` the builder runs with. The SSH options are the communicator's
+//! (`kiln_ssh::options`).
 
-use kiln_core::config::{decode, fields_of, warn_inert, Dur, Flag, Num, Text};
+use kiln_core::choice;
+use kiln_core::config::{
+    decode, fields_of, key, warn_inert, ByteSize, Count, Dur, Flag, MemoryMib, Port, Text,
+};
+use kiln_ssh::options::{Resolved as Comm, SshOptions};
 use kiln_template::{Component, Diagnostic, Diagnostics};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
-#[derive(Debug, Default, Deserialize)]
+choice! {
+    /// The output disk's format.
+    pub enum Format { Qcow2 = "qcow2", Raw = "raw" }
+}
+
+choice! {
+    /// How the guest runs: `auto` probes KVM and falls back to TCG.
+    pub enum Accelerator {
+        Auto = "auto", Kvm = "kvm", Tcg = "tcg", None = "none", Hvf = "hvf", Whpx = "whpx", Xen = "xen",
+    }
+}
+
+choice! {
+    /// The disk's interface (qemu's `-drive if=`).
+    pub enum DiskInterface {
+        Virtio = "virtio", VirtioScsi = "virtio-scsi", Scsi = "scsi", Ide = "ide", Sata = "sata",
+        Nvme = "nvme", Floppy = "floppy", Pflash = "pflash", Sd = "sd", Mtd = "mtd",
+    }
+}
+
+choice! {
+    /// The disk's host cache mode (qemu's `-drive cache=`).
+    pub enum DiskCache {
+        Writethrough = "writethrough", Writeback = "writeback", None = "none", Unsafe = "unsafe",
+        Directsync = "directsync",
+    }
+}
+
+choice! {
+    /// Whether discard requests reach the image (qemu's `-drive discard=`).
+    pub enum DiskDiscard { Unmap = "unmap", Ignore = "ignore" }
+}
+
+choice! {
+    /// qemu's `-drive detect-zeroes=`.
+    pub enum DetectZeroes { Off = "off", On = "on", Unmap = "unmap" }
+}
+
+/// `Serialize` is the cache key's view of the options: a field without a serde attribute enters
+/// the key with its resolved value; `skip_serializing` fields cannot change the disk.
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct QemuConfig {
-    // base image
+    /// The base: a disk image (with `disk_image = true`) or an installer ISO. A path, a
+    /// `file://`/`http(s)://` URL, or `oci://registry/repo:tag` (a kiln image pulled at build).
+    #[serde(skip_serializing)]
     pub iso_url: Option<Text>,
+    /// Several URLs for the base; kiln uses the first.
+    #[serde(skip_serializing)]
     pub iso_urls: Option<Vec<Text>>,
+    /// `sha256:…` (or md5/sha1/sha512), `file:URL` of a checksum file, or `none`. Required.
+    #[serde(skip_serializing)]
     pub iso_checksum: Option<Text>,
+    /// Accepted; not acted on yet (kiln keeps downloads in its own checksum-keyed cache).
+    #[serde(skip_serializing)]
     pub iso_target_path: Option<Text>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
     pub iso_target_extension: Option<Text>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
     pub iso_skip_cache: Option<Flag>,
-    pub disk_image: Option<Flag>,
-    pub use_backing_file: Option<Flag>,
-    pub disk_size: Option<Text>,
-    pub skip_resize_disk: Option<Flag>,
+    /// The base is a bootable disk image (booted under an overlay), not an installer.
+    pub disk_image: Flag,
+    /// The output qcow2 refers to the base by path instead of holding all its data.
+    pub use_backing_file: Flag,
+    /// The disk's size: MiB as a number, or with a unit (`"10G"`). Default: the base's size
+    /// (a disk image) or 40960 MiB (an installer).
+    pub disk_size: Option<ByteSize>,
+    /// Keep the base's size even when `disk_size` is larger.
+    pub skip_resize_disk: Flag,
+    /// Accepted; not acted on yet.
     pub disk_additional_size: Option<Vec<Text>>,
-    pub format: Option<Text>,
-    pub disk_interface: Option<Text>,
-    pub disk_cache: Option<Text>,
-    pub disk_discard: Option<Text>,
-    pub disk_detect_zeroes: Option<Text>,
-    pub disk_compression: Option<Flag>,
+    /// The output disk's format: `qcow2` (default) or `raw`.
+    pub format: Format,
+    /// The disk interface (default `virtio`).
+    pub disk_interface: DiskInterface,
+    /// The host cache mode (default `writeback`).
+    #[serde(skip_serializing)]
+    pub disk_cache: DiskCache,
+    /// Whether discards reach the image (default `ignore`).
+    pub disk_discard: DiskDiscard,
+    /// Accepted; not acted on yet.
+    pub disk_detect_zeroes: Option<DetectZeroes>,
+    /// Compress the qcow2 output.
+    pub disk_compression: Flag,
+    /// Accepted; not acted on yet (kiln always writes a compacted copy).
     pub skip_compaction: Option<Flag>,
+    /// Accepted; not acted on yet.
     pub qemu_img_args: Option<serde_json::Value>,
-    // output
+    /// Where the image is published (default `output-BUILDNAME`); must not exist (or `-force`).
+    #[serde(skip_serializing)]
     pub output_directory: Option<Text>,
+    /// The disk's file name in output_directory (default `packer-BUILDNAME`).
+    #[serde(skip_serializing)]
     pub vm_name: Option<Text>,
-    // machine
-    pub accelerator: Option<Text>,
-    pub cpus: Option<Num>,
-    pub sockets: Option<Num>,
-    pub cores: Option<Num>,
-    pub threads: Option<Num>,
-    pub memory: Option<Num>,
-    pub machine_type: Option<Text>,
+    /// `auto` (default: KVM when it works, else TCG), `kvm`, `tcg`, `none`, …
+    #[serde(skip_serializing)]
+    pub accelerator: Accelerator,
+    /// Virtual CPUs (default 1).
+    pub cpus: Count,
+    /// Accepted; not acted on yet.
+    pub sockets: Option<Count>,
+    /// Accepted; not acted on yet.
+    pub cores: Option<Count>,
+    /// Accepted; not acted on yet.
+    pub threads: Option<Count>,
+    /// Memory in MiB (default 512).
+    pub memory: MemoryMib,
+    /// qemu's `-machine type=` (default `pc`).
+    pub machine_type: Text,
+    /// qemu's `-cpu` (default `host` with KVM, qemu's own otherwise).
     pub cpu_model: Option<Text>,
-    pub qemu_binary: Option<Text>,
-    pub net_device: Option<Text>,
+    /// The qemu binary (default `qemu-system-x86_64`).
+    #[serde(skip_serializing)]
+    pub qemu_binary: Text,
+    /// The NIC model (default `virtio-net`).
+    pub net_device: Text,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
     pub net_bridge: Option<Text>,
-    pub headless: Option<Flag>,
+    /// No display (kiln never opens a window; `display` is ignored when true).
+    #[serde(skip_serializing)]
+    pub headless: Flag,
+    /// qemu's `-display` (only without `headless`).
+    #[serde(skip_serializing)]
     pub display: Option<Text>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
     pub use_default_display: Option<Flag>,
-    pub efi_boot: Option<Flag>,
+    /// Boot through UEFI firmware (OVMF).
+    pub efi_boot: Flag,
+    /// The UEFI code image (default Debian's OVMF_CODE_4M.fd).
+    #[serde(serialize_with = "key::file")]
     pub efi_firmware_code: Option<Text>,
+    /// The UEFI variables template (default Debian's OVMF_VARS_4M.fd).
+    #[serde(serialize_with = "key::file")]
     pub efi_firmware_vars: Option<Text>,
+    /// Accepted; not acted on yet.
     pub efi_drop_efivars: Option<Flag>,
+    /// Accepted; not acted on yet.
     pub firmware: Option<Text>,
+    /// Accepted; not acted on yet.
     pub tpm_device_type: Option<Text>,
+    /// Accepted; not acted on yet.
     pub vtpm: Option<Flag>,
+    /// Accepted; not acted on yet.
     pub cdrom_interface: Option<Text>,
-    pub qemuargs: Option<Vec<Vec<Text>>>,
+    /// qemu flags, each list one flag and its values; a flag named here replaces kiln's default
+    /// for it, as in Packer. Files named by path count by content in the cache key.
+    #[serde(serialize_with = "key::arg_lists")]
+    pub qemuargs: Vec<Vec<Text>>,
     /// kiln extension: flags appended after everything else, replacing nothing.
-    pub qemu_extra_args: Option<Vec<Text>>,
-    /// kiln extension: direct kernel boot without qemuargs.
+    #[serde(serialize_with = "key::args")]
+    pub qemu_extra_args: Vec<Text>,
+    /// kiln extension: a kernel to boot directly (qemu's `-kernel`), by content in the key.
+    #[serde(serialize_with = "key::file")]
     pub kernel: Option<Text>,
+    /// kiln extension: the initrd for `kernel`.
+    #[serde(serialize_with = "key::file")]
     pub initrd: Option<Text>,
+    /// kiln extension: the kernel command line for `kernel`.
     pub kernel_args: Option<Text>,
-    // console and boot
+    /// Address a VNC server listens on (setting any vnc_* option turns VNC on).
+    #[serde(skip_serializing)]
     pub vnc_bind_address: Option<Text>,
-    pub vnc_port_min: Option<Num>,
-    pub vnc_port_max: Option<Num>,
-    pub vnc_use_password: Option<Flag>,
+    /// Lowest VNC port (default 5900).
+    #[serde(skip_serializing)]
+    pub vnc_port_min: Option<Port>,
+    /// Highest VNC port (default 6000).
+    #[serde(skip_serializing)]
+    pub vnc_port_max: Option<Port>,
+    /// Set a random VNC password (printed when VNC starts).
+    #[serde(skip_serializing)]
+    pub vnc_use_password: Flag,
+    /// Wait before typing boot_command (default 10s).
+    #[serde(skip_serializing)]
     pub boot_wait: Option<Dur>,
-    pub boot_command: Option<Vec<Text>>,
-    pub boot_key_interval: Option<Dur>,
+    /// Keys typed into the guest over QMP (`<enter>`, `<wait5>`, `{{ .HTTPIP }}`, …).
+    pub boot_command: Vec<Text>,
+    /// Pause between keys (default 100ms).
+    #[serde(skip_serializing)]
+    pub boot_key_interval: Dur,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
     pub boot_keygroup_interval: Option<Dur>,
+    /// Accepted; not acted on yet.
     pub boot_steps: Option<serde_json::Value>,
-    // http server
+    /// A directory served over HTTP to the guest (at `http://{{ .HTTPIP }}:{{ .HTTPPort }}`);
+    /// by content in the key.
+    #[serde(serialize_with = "key::path_or_tree")]
     pub http_directory: Option<Text>,
-    pub http_content: Option<BTreeMap<String, Text>>,
-    pub http_bind_address: Option<Text>,
-    pub http_port_min: Option<Num>,
-    pub http_port_max: Option<Num>,
+    /// Files served over HTTP from memory: path → content.
+    pub http_content: BTreeMap<String, Text>,
+    /// Where the HTTP server listens (default 127.0.0.1, which QEMU's user network reaches
+    /// as 10.0.2.2; Packer's default is 0.0.0.0).
+    #[serde(skip_serializing)]
+    pub http_bind_address: Text,
+    /// Lowest HTTP port (default 8000).
+    #[serde(skip_serializing)]
+    pub http_port_min: Port,
+    /// Highest HTTP port (default 9000).
+    #[serde(skip_serializing)]
+    pub http_port_max: Port,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
     pub http_network_protocol: Option<Text>,
-    // networking for the communicator
-    pub host_port_min: Option<Num>,
-    pub host_port_max: Option<Num>,
-    pub ssh_host_port_min: Option<Num>,
-    pub ssh_host_port_max: Option<Num>,
+    /// Accepted; not acted on yet (QEMU picks the forwarded port, kiln reads it over QMP).
+    #[serde(skip_serializing)]
+    pub host_port_min: Option<Port>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub host_port_max: Option<Port>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_host_port_min: Option<Port>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_host_port_max: Option<Port>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
     pub skip_nat_mapping: Option<Flag>,
-    // shutdown
+    /// Run in the guest to power it off; without it, kiln sends an ACPI power-down.
     pub shutdown_command: Option<Text>,
-    pub shutdown_timeout: Option<Dur>,
-    // media
-    pub cd_files: Option<Vec<Text>>,
-    pub cd_content: Option<BTreeMap<String, Text>>,
+    /// How long the guest may take to power off (default 5m); past it, no image is written.
+    #[serde(skip_serializing)]
+    pub shutdown_timeout: Dur,
+    /// Files and directories put on a CD (ISO 9660, via xorriso); by content in the key.
+    #[serde(serialize_with = "key::files")]
+    pub cd_files: Vec<Text>,
+    /// Files put on the CD from memory: path → content.
+    pub cd_content: BTreeMap<String, Text>,
+    /// The CD's volume label (default `cidata`).
     pub cd_label: Option<Text>,
+    /// Accepted; not acted on yet.
     pub floppy_files: Option<Vec<Text>>,
+    /// Accepted; not acted on yet.
     pub floppy_dirs: Option<Vec<Text>>,
+    /// Accepted; not acted on yet.
     pub floppy_content: Option<BTreeMap<String, Text>>,
+    /// Accepted; not acted on yet.
     pub floppy_label: Option<Text>,
-    pub communicator: Option<Text>,
+    /// Wait this long after connecting before the first provisioner.
+    #[serde(skip_serializing)]
     pub pause_before_connecting: Option<Dur>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct SshOpts {
-    pub ssh_host: Option<Text>,
-    pub ssh_port: Option<Num>,
-    pub ssh_username: Option<Text>,
-    pub ssh_password: Option<Text>,
-    pub ssh_private_key_file: Option<Text>,
-    pub ssh_timeout: Option<Dur>,
-    pub ssh_wait_timeout: Option<Dur>,
-    pub ssh_handshake_attempts: Option<Num>,
-    pub ssh_pty: Option<Flag>,
-    pub ssh_file_transfer_method: Option<Text>,
-    pub ssh_keep_alive_interval: Option<Dur>,
-    pub ssh_read_write_timeout: Option<Dur>,
-    pub ssh_clear_authorized_keys: Option<Flag>,
-    /// kiln extension: the host key the guest must present (`SHA256:…` or a public key line).
-    pub ssh_host_key: Option<Text>,
-    pub ssh_agent_auth: Option<Flag>,
-    pub ssh_disable_agent_forwarding: Option<Flag>,
-    pub ssh_ciphers: Option<Vec<Text>>,
-    pub ssh_key_exchange_algorithms: Option<Vec<Text>>,
-    pub ssh_certificate_file: Option<Text>,
-    pub ssh_bastion_host: Option<Text>,
-    pub ssh_bastion_port: Option<Num>,
-    pub ssh_bastion_username: Option<Text>,
-    pub ssh_bastion_password: Option<Text>,
-    pub ssh_bastion_private_key_file: Option<Text>,
-    pub ssh_proxy_host: Option<Text>,
-    pub ssh_proxy_port: Option<Num>,
-    pub ssh_remote_tunnels: Option<Vec<Text>>,
-    pub ssh_local_tunnels: Option<Vec<Text>>,
-    pub ssh_keypair_name: Option<Text>,
-    pub temporary_key_pair_type: Option<Text>,
-    pub temporary_key_pair_bits: Option<Num>,
-    pub temporary_key_pair_name: Option<Text>,
-    pub pause_before_ssh: Option<Dur>,
-    // winrm: accepted so Windows templates validate; the winrm communicator is not built in
-    pub winrm_username: Option<Text>,
-    pub winrm_password: Option<Text>,
-    pub winrm_host: Option<Text>,
-    pub winrm_port: Option<Num>,
-    pub winrm_timeout: Option<Dur>,
-    pub winrm_use_ssl: Option<Flag>,
-    pub winrm_insecure: Option<Flag>,
-    pub winrm_use_ntlm: Option<Flag>,
+impl Default for QemuConfig {
+    /// Packer's defaults (and kiln's, where docs/compatibility.md says it departs).
+    fn default() -> Self {
+        QemuConfig {
+            iso_url: None,
+            iso_urls: None,
+            iso_checksum: None,
+            iso_target_path: None,
+            iso_target_extension: None,
+            iso_skip_cache: None,
+            disk_image: Flag(false),
+            use_backing_file: Flag(false),
+            disk_size: None,
+            skip_resize_disk: Flag(false),
+            disk_additional_size: None,
+            format: Format::Qcow2,
+            disk_interface: DiskInterface::Virtio,
+            disk_cache: DiskCache::Writeback,
+            disk_discard: DiskDiscard::Ignore,
+            disk_detect_zeroes: None,
+            disk_compression: Flag(false),
+            skip_compaction: None,
+            qemu_img_args: None,
+            output_directory: None,
+            vm_name: None,
+            accelerator: Accelerator::Auto,
+            cpus: Count(1),
+            sockets: None,
+            cores: None,
+            threads: None,
+            memory: MemoryMib(512),
+            machine_type: Text("pc".into()),
+            cpu_model: None,
+            qemu_binary: Text("qemu-system-x86_64".into()),
+            net_device: Text("virtio-net".into()),
+            net_bridge: None,
+            headless: Flag(false),
+            display: None,
+            use_default_display: None,
+            efi_boot: Flag(false),
+            efi_firmware_code: None,
+            efi_firmware_vars: None,
+            efi_drop_efivars: None,
+            firmware: None,
+            tpm_device_type: None,
+            vtpm: None,
+            cdrom_interface: None,
+            qemuargs: Vec::new(),
+            qemu_extra_args: Vec::new(),
+            kernel: None,
+            initrd: None,
+            kernel_args: None,
+            vnc_bind_address: None,
+            vnc_port_min: None,
+            vnc_port_max: None,
+            vnc_use_password: Flag(false),
+            boot_wait: None,
+            boot_command: Vec::new(),
+            boot_key_interval: Dur(Duration::from_millis(100)),
+            boot_keygroup_interval: None,
+            boot_steps: None,
+            http_directory: None,
+            http_content: BTreeMap::new(),
+            http_bind_address: Text("127.0.0.1".into()),
+            http_port_min: Port(8000),
+            http_port_max: Port(9000),
+            http_network_protocol: None,
+            host_port_min: None,
+            host_port_max: None,
+            ssh_host_port_min: None,
+            ssh_host_port_max: None,
+            skip_nat_mapping: None,
+            shutdown_command: None,
+            shutdown_timeout: Dur(Duration::from_secs(300)),
+            cd_files: Vec::new(),
+            cd_content: BTreeMap::new(),
+            cd_label: None,
+            floppy_files: None,
+            floppy_dirs: None,
+            floppy_content: None,
+            floppy_label: None,
+            pause_before_connecting: None,
+        }
+    }
 }
 
-/// Options accepted for compatibility that kiln does not act on yet.
-const INERT: &[&str] = &[
+/// Options accepted for compatibility that kiln does not act on yet (named in a warning).
+pub const INERT: &[&str] = &[
     "iso_urls",
     "iso_target_path",
     "iso_target_extension",
@@ -176,194 +378,442 @@ const INERT: &[&str] = &[
     "floppy_dirs",
     "floppy_content",
     "floppy_label",
-    "ssh_agent_auth",
-    "ssh_disable_agent_forwarding",
-    "ssh_ciphers",
-    "ssh_key_exchange_algorithms",
-    "ssh_certificate_file",
-    "ssh_bastion_host",
-    "ssh_bastion_port",
-    "ssh_bastion_username",
-    "ssh_bastion_password",
-    "ssh_bastion_private_key_file",
-    "ssh_proxy_host",
-    "ssh_proxy_port",
-    "ssh_remote_tunnels",
-    "ssh_local_tunnels",
-    "ssh_keypair_name",
-    "temporary_key_pair_name",
-    "ssh_read_write_timeout",
     "host_port_min",
     "host_port_max",
     "ssh_host_port_min",
     "ssh_host_port_max",
 ];
 
-pub struct Decoded {
-    pub qemu: QemuConfig,
-    pub ssh: SshOpts,
-    pub warnings: Diagnostics,
+/// Debian's OVMF, used when efi_boot is set without firmware paths.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+pub use kiln_core::ResolvedBase;
+
+/// What the builder runs with: the options (defaults applied) and what follows from them.
+#[derive(Debug)]
+pub struct Settings {
+    pub build: String,
+    pub cfg: QemuConfig,
+    /// The communicator's options, for the cache key's view (`ssh_username`).
+    pub ssh_opts: SshOptions,
+    pub comm: Comm,
+    /// The base image as a path or URL (iso_url, or the first of iso_urls, or the resolved
+    /// oci:// base) and its checksum spec.
+    pub base_url: String,
+    pub checksum: String,
+    /// Where the base came from when kiln resolved it (an `oci://` reference and its digest).
+    pub base_source: Option<String>,
+    /// The disk's size in bytes, unless skip_resize_disk.
+    pub disk_size: Option<u64>,
+    pub output_directory: PathBuf,
+    pub vm_name: String,
+    /// (bind address, port range, password) when a VNC server was asked for.
+    pub vnc: Option<(String, u16, u16, bool)>,
+    /// (code, vars) firmware images with efi_boot.
+    pub efi: Option<(String, String)>,
+    /// `-display`, unless headless.
+    pub display: Option<String>,
 }
 
-pub fn decode_all(c: &Component) -> Result<Decoded, Diagnostics> {
-    let q = decode::<QemuConfig>(c, fields_of::<SshOpts>());
-    let s = decode::<SshOpts>(c, fields_of::<QemuConfig>());
-    let (qemu, ssh) = match (q, s) {
-        (Ok(q), Ok(s)) => (q, s),
+/// Decodes a `qemu` source's options (and the communicator's from the same block).
+pub fn decode_all(c: &Component) -> Result<(QemuConfig, SshOptions, Diagnostics), Diagnostics> {
+    let q = decode::<QemuConfig>(c, fields_of::<SshOptions>());
+    let s = decode::<SshOptions>(c, fields_of::<QemuConfig>());
+    match (q, s) {
+        (Ok(q), Ok(s)) => {
+            let mut warnings = Diagnostics::default();
+            warn_inert(c, INERT, &mut warnings);
+            warn_inert(c, kiln_ssh::options::INERT, &mut warnings);
+            Ok((q, s, warnings))
+        }
         (q, s) => {
             let mut d = Diagnostics::default();
+            // Unknown options are found by both decoders: report them once.
             if let Err(e) = q {
                 d.extend(e);
             }
             if let Err(e) = s {
-                d.extend(e);
+                for x in e.0 {
+                    if !d.0.iter().any(|y| y.to_string() == x.to_string()) {
+                        d.push(x);
+                    }
+                }
             }
-            return Err(d);
+            Err(d)
         }
-    };
-    let mut warnings = Diagnostics::default();
-    let mut errors = Diagnostics::default();
-    warn_inert(c, INERT, &mut warnings);
-    let comm = qemu.communicator.as_deref().unwrap_or("ssh");
-    match comm {
-        "ssh" | "none" => {}
-        "winrm" => errors.push(
-            Diagnostic::error(
-                "the winrm communicator is not built into kiln",
-                Some(c.span_of("communicator").clone()),
-            )
-            .with_hint("use communicator = \"ssh\" or \"none\""),
-        ),
-        other => errors.push(
-            Diagnostic::error(
-                format!("unknown communicator {other:?}"),
-                Some(c.span_of("communicator").clone()),
-            )
-            .with_hint("use \"ssh\" or \"none\""),
-        ),
     }
-    if comm == "ssh" && ssh.ssh_username.is_none() {
-        errors.push(
-            Diagnostic::error(
-                "ssh_username is required with the ssh communicator",
-                Some(c.span.clone()),
-            )
-            .with_hint("add ssh_username = \"root\" (or the guest's user)"),
-        );
-    }
-    check_enum(
-        c,
-        "format",
-        qemu.format.as_deref(),
-        &["qcow2", "raw"],
-        &mut errors,
-    );
-    check_enum(
-        c,
-        "accelerator",
-        qemu.accelerator.as_deref(),
-        &["kvm", "tcg", "none", "auto", "hvf", "whpx", "xen"],
-        &mut errors,
-    );
-    check_enum(
-        c,
-        "disk_interface",
-        qemu.disk_interface.as_deref(),
-        &[
-            "virtio",
-            "virtio-scsi",
-            "scsi",
-            "ide",
-            "sata",
-            "nvme",
-            "floppy",
-            "pflash",
-            "sd",
-            "mtd",
-        ],
-        &mut errors,
-    );
-    check_enum(
-        c,
-        "disk_cache",
-        qemu.disk_cache.as_deref(),
-        &["writethrough", "writeback", "none", "unsafe", "directsync"],
-        &mut errors,
-    );
-    check_enum(
-        c,
-        "disk_discard",
-        qemu.disk_discard.as_deref(),
-        &["unmap", "ignore"],
-        &mut errors,
-    );
-    check_enum(
-        c,
-        "ssh_file_transfer_method",
-        ssh.ssh_file_transfer_method.as_deref(),
-        &["scp", "sftp"],
-        &mut errors,
-    );
-    if qemu.iso_url.is_none() && qemu.iso_urls.as_ref().is_none_or(|v| v.is_empty()) {
-        errors.push(Diagnostic::error("iso_url is required: the base disk image (with disk_image = true) or installer ISO", Some(c.span.clone())).with_hint("set iso_url = \"path/to/base.qcow2\" and disk_image = true"));
-    }
-    if qemu.iso_checksum.is_none() {
-        errors.push(
-            Diagnostic::error("iso_checksum is required", Some(c.span.clone())).with_hint(
-                "set iso_checksum = \"sha256:…\", \"file:URL\", or \"none\" to skip the check",
+}
+
+impl QemuConfig {
+    /// Applies the defaults that depend on the build (and on the resolved base), checks the
+    /// rules that span options, and returns the settings with the warnings. Every error points
+    /// at its attribute.
+    pub fn resolve(
+        mut self,
+        build: &str,
+        ssh_opts: SshOptions,
+        base: Option<&ResolvedBase>,
+        c: &Component,
+    ) -> Result<(Settings, Diagnostics), Diagnostics> {
+        let mut d = Diagnostics::default();
+        let at = |attr: &str, msg: String, hint: Option<String>| {
+            let x = Diagnostic::error(msg, Some(c.span_of(attr).clone()));
+            match hint {
+                Some(h) => x.with_hint(h),
+                None => x,
+            }
+        };
+        let comm = match ssh_opts.resolve(c) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                for x in e.0 {
+                    d.push(x);
+                }
+                None
+            }
+        };
+        let t = |o: &Option<Text>| o.as_ref().map(|t| t.0.clone());
+        let (base_url, checksum) = match base {
+            Some(b) => {
+                self.disk_image = Flag(self.disk_image.0 || !c.attrs.contains_key("disk_image"));
+                (b.path.display().to_string(), b.digest.clone())
+            }
+            None => (
+                t(&self.iso_url)
+                    .or_else(|| {
+                        self.iso_urls
+                            .as_ref()
+                            .and_then(|u| u.first())
+                            .map(|t| t.0.clone())
+                    })
+                    .unwrap_or_default(),
+                t(&self.iso_checksum).unwrap_or_else(|| "none".into()),
             ),
-        );
-    }
-    for (i, cmd) in qemu.boot_command.iter().flatten().enumerate() {
-        for (key, hint) in crate::bootcmd::unknown_keys(cmd) {
-            let h = hint.map_or_else(|| "kiln knows Packer's key names (<enter>, <tab>, <f1>, <wait5>, <leftCtrlOn>, ...)".to_string(), |h| format!("did you mean {h}?"));
-            errors.push(
-                Diagnostic::error(
-                    format!("boot_command[{i}]: unknown key {key}"),
-                    Some(c.span_of("boot_command").clone()),
-                )
-                .with_hint(h),
+        };
+        if self.iso_url.is_none() && self.iso_urls.as_ref().is_none_or(|v| v.is_empty()) {
+            d.push(Diagnostic::error("iso_url is required: the base disk image (with disk_image = true) or installer ISO", Some(c.span.clone())).with_hint("set iso_url = \"path/to/base.qcow2\" and disk_image = true"));
+        }
+        if self.iso_checksum.is_none() && base.is_none() {
+            d.push(
+                Diagnostic::error("iso_checksum is required", Some(c.span.clone())).with_hint(
+                    "set iso_checksum = \"sha256:…\", \"file:URL\", or \"none\" to skip the check",
+                ),
             );
         }
-        if let Err(e) = crate::bootcmd::parse(cmd) {
-            errors.push(Diagnostic::error(
-                format!("boot_command[{i}]: {e}"),
-                Some(c.span_of("boot_command").clone()),
-            ));
+        for (i, cmd) in self.boot_command.iter().enumerate() {
+            for (k, hint) in crate::bootcmd::unknown_keys(cmd) {
+                let h = hint.map_or_else(|| "kiln knows Packer's key names (<enter>, <tab>, <f1>, <wait5>, <leftCtrlOn>, ...)".to_string(), |h| format!("did you mean {h}?"));
+                d.push(at(
+                    "boot_command",
+                    format!("boot_command[{i}]: unknown key {k}"),
+                    Some(h),
+                ));
+            }
+            if let Err(e) = crate::bootcmd::parse(cmd) {
+                d.push(at("boot_command", format!("boot_command[{i}]: {e}"), None));
+            }
         }
-    }
-    if let Some(args) = &qemu.qemuargs {
-        for (i, a) in args.iter().enumerate() {
+        for (i, a) in self.qemuargs.iter().enumerate() {
             if a.is_empty() || !a[0].starts_with('-') {
-                errors.push(Diagnostic::error(
+                d.push(at(
+                    "qemuargs",
                     format!("qemuargs entry {i} must start with a flag such as \"-device\""),
-                    Some(c.span_of("qemuargs").clone()),
+                    None,
                 ));
             }
         }
+        let vm_name = t(&self.vm_name).unwrap_or_else(|| format!("packer-{build}"));
+        // A file name, not a path: it is joined to output_directory (vm_name) or written onto media.
+        for (attr, v, hint) in [
+            ("vm_name", Some(&vm_name), "it is the image's file name inside output_directory; use output_directory to choose the directory"),
+            ("cd_label", self.cd_label.as_ref().map(|t| &t.0), "it is the CD's volume label"),
+        ] {
+            if let Some(v) = v {
+                if v.is_empty() || v == "." || v == ".." || v.contains('/') || v.contains('\0') {
+                    d.push(at(attr, format!("{attr} = {v:?} must be a plain name (no `/`, not `.` or `..`): {hint}"), None));
+                }
+            }
+        }
+        if self.cd_label.as_ref().is_some_and(|l| l.len() > 32) {
+            d.push(at(
+                "cd_label",
+                "cd_label is at most 32 characters (an ISO 9660 volume id)".into(),
+                None,
+            ));
+        }
+        for (lo, l, hi, h) in [
+            (
+                "vnc_port_min",
+                self.vnc_port_min,
+                "vnc_port_max",
+                self.vnc_port_max,
+            ),
+            (
+                "http_port_min",
+                Some(self.http_port_min),
+                "http_port_max",
+                Some(self.http_port_max),
+            ),
+        ] {
+            if let (Some(l), Some(h)) = (l, h) {
+                if l > h {
+                    d.push(at(lo, format!("{lo} = {l} is above {hi} = {h}"), None));
+                }
+            }
+        }
+        if let Err(m) = crate::image::check_checksum_form(&checksum) {
+            d.push(at("iso_checksum", m, None));
+        }
+        if self.disk_image.0
+            && base.is_none()
+            && !crate::download::is_remote(&base_url)
+            && !base_url.is_empty()
+        {
+            if let Ok(p) = crate::image::resolve_url(&base_url) {
+                if p.is_file() {
+                    if let Some(why) = crate::image::not_a_disk(&p) {
+                        let attr = if c.attrs.contains_key("iso_url") {
+                            "iso_url"
+                        } else {
+                            "iso_urls"
+                        };
+                        d.push(at(attr, format!("base image (iso_url): {why}"), None));
+                    }
+                }
+            }
+        }
+        let mut warnings = Diagnostics::default();
+        if let Some(dir) = &self.http_directory {
+            // A warning here (Packer's own examples name directories that exist only on the
+            // user's machine); the build's preflight refuses it.
+            if !std::path::Path::new(&dir.0).is_dir() {
+                warnings.push(Diagnostic::warning(
+                    format!(
+                        "http_directory {} is not a directory (yet): a build stops on it",
+                        dir.0
+                    ),
+                    Some(c.span_of("http_directory").clone()),
+                ));
+            }
+        }
+        let Some(comm) = comm.filter(|_| !d.has_errors()) else {
+            return Err(d);
+        };
+        if self.efi_boot.0 {
+            self.efi_firmware_code
+                .get_or_insert_with(|| Text(OVMF_CODE.into()));
+            self.efi_firmware_vars
+                .get_or_insert_with(|| Text(OVMF_VARS.into()));
+        }
+        if self.shutdown_command.as_ref().is_some_and(|s| s.is_empty()) {
+            self.shutdown_command = None;
+        }
+        let efi = self.efi_boot.0.then(|| {
+            (
+                t(&self.efi_firmware_code).unwrap_or_default(),
+                t(&self.efi_firmware_vars).unwrap_or_default(),
+            )
+        });
+        let vnc = (self.vnc_bind_address.is_some()
+            || self.vnc_port_min.is_some()
+            || self.vnc_port_max.is_some()
+            || self.vnc_use_password.0)
+            .then(|| {
+                (
+                    t(&self.vnc_bind_address).unwrap_or_else(|| "127.0.0.1".into()),
+                    self.vnc_port_min.map_or(5900, |n| n.0),
+                    self.vnc_port_max.map_or(6000, |n| n.0),
+                    self.vnc_use_password.0,
+                )
+            });
+        let settings = Settings {
+            build: build.to_string(),
+            output_directory: PathBuf::from(
+                t(&self.output_directory).unwrap_or_else(|| format!("output-{build}")),
+            ),
+            vm_name,
+            disk_size: self
+                .disk_size
+                .filter(|_| !self.skip_resize_disk.0)
+                .map(|b| b.0),
+            display: t(&self.display).filter(|_| !self.headless.0),
+            base_source: base.map(|b| b.source.clone()),
+            base_url,
+            checksum,
+            vnc,
+            efi,
+            comm,
+            ssh_opts,
+            cfg: self,
+        };
+        Ok((settings, warnings))
     }
-    if errors.has_errors() {
-        errors.extend(warnings);
-        return Err(errors);
-    }
-    Ok(Decoded {
-        qemu,
-        ssh,
-        warnings,
-    })
 }
 
-fn check_enum(c: &Component, key: &str, v: Option<&str>, allowed: &[&str], d: &mut Diagnostics) {
-    if let Some(v) = v {
-        if !allowed.contains(&v) {
-            let hint = kiln_template::did_you_mean(v, allowed.iter().copied()).map_or_else(
-                || format!("use one of: {}", allowed.join(", ")),
-                |s| format!("did you mean {s:?}?"),
-            );
-            d.push(
-                Diagnostic::error(format!("invalid {key} {v:?}"), Some(c.span_of(key).clone()))
-                    .with_hint(hint),
-            );
+#[cfg(test)]
+mod docs {
+    //! docs/qemu.md is generated from the option declarations above (and the SSH
+    //! communicator's): `KILN_UPDATE_DOCS=1 cargo test -p kiln-builder-qemu docs` rewrites it;
+    //! without it, the test fails when the page and the code disagree.
+
+    struct Opt {
+        name: String,
+        ty: String,
+        doc: String,
+        key: &'static str,
+    }
+
+    /// The fields of `pub struct NAME` in `src`, with their `///` docs and serde attributes.
+    fn fields(src: &str, name: &str) -> Vec<Opt> {
+        let start = src
+            .find(&format!("pub struct {name} {{"))
+            .expect("struct present");
+        let body = &src[start..src[start..].find("\n}\n").map_or(src.len(), |e| start + e)];
+        let mut out = Vec::new();
+        let (mut doc, mut attr) = (Vec::new(), String::new());
+        for line in body.lines().skip(1) {
+            let l = line.trim();
+            if let Some(d) = l.strip_prefix("///") {
+                doc.push(d.trim().to_string());
+            } else if l.starts_with("#[") {
+                attr.push_str(l);
+            } else if let Some(f) = l.strip_prefix("pub ") {
+                let (n, t) = f.split_once(':').expect("field: type");
+                let key = if attr.contains("skip_serializing") {
+                    "no"
+                } else if attr.contains("key::") {
+                    "by content"
+                } else {
+                    "yes"
+                };
+                out.push(Opt {
+                    name: n.trim().to_string(),
+                    ty: t.trim().trim_end_matches(',').to_string(),
+                    doc: doc.join(" "),
+                    key,
+                });
+                doc.clear();
+                attr.clear();
+            }
         }
+        out
+    }
+
+    /// The type as a template writer reads it.
+    fn user_type(t: &str) -> String {
+        let t = t.trim();
+        if let Some(inner) = t.strip_prefix("Option<").and_then(|x| x.strip_suffix('>')) {
+            return user_type(inner);
+        }
+        if let Some(inner) = t.strip_prefix("Vec<").and_then(|x| x.strip_suffix('>')) {
+            return format!("list of {}", user_type(inner));
+        }
+        if let Some(inner) = t
+            .strip_prefix("BTreeMap<String,")
+            .and_then(|x| x.strip_suffix('>'))
+        {
+            return format!("map of {}", user_type(inner));
+        }
+        let names = |n: &[&str]| {
+            n.iter()
+                .map(|x| format!("`{x}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match t {
+            "Text" => "string".into(),
+            "Flag" => "bool".into(),
+            "Dur" => "duration".into(),
+            "Port" => "port (1–65535)".into(),
+            "Count" => "number (1–1024)".into(),
+            "Attempts" => "number (1–10000)".into(),
+            "MemoryMib" => "MiB (16–16777216)".into(),
+            "Num" => "number".into(),
+            "ByteSize" => "size (MiB, or `10G`)".into(),
+            "serde_json::Value" => "any".into(),
+            "Format" => names(super::Format::NAMES),
+            "Accelerator" => names(super::Accelerator::NAMES),
+            "DiskInterface" => names(super::DiskInterface::NAMES),
+            "DiskCache" => names(super::DiskCache::NAMES),
+            "DiskDiscard" => names(super::DiskDiscard::NAMES),
+            "DetectZeroes" => names(super::DetectZeroes::NAMES),
+            "CommunicatorKind" => names(kiln_ssh::options::CommunicatorKind::NAMES),
+            "KeyType" => names(kiln_ssh::options::KeyType::NAMES),
+            "Transfer" => names(kiln_ssh::Transfer::NAMES),
+            other => panic!("docs: no reader's name for type {other}: add it to user_type"),
+        }
+    }
+
+    fn table(opts: &[Opt], inert: &[&str]) -> String {
+        let mut s = String::from(
+            "| option | type | kiln | in the cache key | what it does |\n|---|---|---|---|---|\n",
+        );
+        for o in opts {
+            let status = if inert.contains(&o.name.as_str()) {
+                "accepted, not acted on yet (a warning says so)"
+            } else if o.doc.contains("not built in") {
+                "accepted, refused at use"
+            } else {
+                "acts"
+            };
+            s.push_str(&format!(
+                "| `{}` | {} | {status} | {} | {} |\n",
+                o.name,
+                user_type(&o.ty),
+                o.key,
+                o.doc.replace('|', "\\|")
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn docs_qemu_md_is_generated_from_the_option_declarations() {
+        let qemu = fields(include_str!("config.rs"), "QemuConfig");
+        let ssh = fields(
+            include_str!("../../../crates/kiln-ssh/src/options.rs"),
+            "SshOptions",
+        );
+        assert!(
+            qemu.len() > 60 && ssh.len() > 30,
+            "parsed {} + {}",
+            qemu.len(),
+            ssh.len()
+        );
+        let acted = |v: &[Opt], inert: &[&str]| {
+            v.iter()
+                .filter(|o| !inert.contains(&o.name.as_str()))
+                .count()
+        };
+        let page = format!(
+            "# The qemu builder's options\n\n\
+             Generated from the option declarations (`builders/qemu/src/config.rs`,\n\
+             `crates/kiln-ssh/src/options.rs`) by\n\
+             `KILN_UPDATE_DOCS=1 cargo test -p kiln-builder-qemu docs`; do not edit by hand.\n\n\
+             Option names and loose value forms are Packer's: a number may be written `1024` or\n\
+             `\"1024\"`, a bool `true` or `\"true\"`, a duration as Go writes it (`\"1m30s\"`).\n\
+             Every value is checked at `kiln validate`, with the range or the allowed names in the\n\
+             error. An option not listed here is an error with the nearest name. \"In the cache key\"\n\
+             says whether changing it rebuilds the image (\"by content\": the file's digest, not its\n\
+             path).\n\n\
+             kiln acts on {} of the {} qemu options and {} of the {} communicator options.\n\n\
+             ## Builder options\n\n{}\n## Communicator options (SSH)\n\n{}",
+            acted(&qemu, super::INERT),
+            qemu.len(),
+            acted(&ssh, kiln_ssh::options::INERT),
+            ssh.len(),
+            table(&qemu, super::INERT),
+            table(&ssh, kiln_ssh::options::INERT),
+        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/qemu.md");
+        if std::env::var_os("KILN_UPDATE_DOCS").is_some() {
+            std::fs::write(path, &page).expect("write docs/qemu.md");
+        }
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == page,
+            "docs/qemu.md is out of date: run KILN_UPDATE_DOCS=1 cargo test -p kiln-builder-qemu docs"
+        );
     }
 }

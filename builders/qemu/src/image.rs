@@ -253,35 +253,6 @@ pub fn convert(
     Ok(())
 }
 
-/// Parses Packer's disk_size: a number of MiB, or with a suffix (K, M, G, T; optional B/iB).
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let n: u64 = t[..split].parse().map_err(|_| {
-        Error::failed(format!(
-            "invalid disk_size {s:?}: write it like \"10G\" or \"10240\" (MiB)"
-        ))
-    })?;
-    let mult: u64 = match t[split..]
-        .trim()
-        .to_ascii_uppercase()
-        .trim_end_matches("IB")
-        .trim_end_matches('B')
-    {
-        "" | "M" => 1 << 20,
-        "K" => 1 << 10,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        other => {
-            return Err(Error::failed(format!(
-                "invalid disk_size unit {other:?} in {s:?}: use K, M, G or T"
-            )))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| Error::failed(format!("disk_size {s:?} is too large")))
-}
-
 /// Why `path` does not look like a disk a VM can boot, if it does not: qemu-img calls anything it
 /// cannot place `raw`, so a raw image must also show a partition table or a filesystem.
 pub fn not_a_disk(path: &Path) -> Option<String> {
@@ -356,14 +327,6 @@ pub fn check_checksum_form(spec: &str) -> std::result::Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn disk_size_parses_like_packer() {
-        assert_eq!(parse_size("10240").ok(), Some(10240 << 20));
-        assert_eq!(parse_size("10G").ok(), Some(10 << 30));
-        assert_eq!(parse_size("512MiB").ok(), Some(512 << 20));
-        assert!(parse_size("ten").is_err());
-    }
 
     #[test]
     fn checksum_mismatch_is_reported() {

@@ -14,12 +14,13 @@ mod image;
 mod media;
 mod qmp;
 
-use config::{decode_all, QemuConfig, SshOpts};
+pub use config::ResolvedBase;
+use config::{decode_all, Accelerator, Settings};
 use kiln_core::cancel::HookGuard;
 use kiln_core::process::Guarded;
 use kiln_core::workdir::WorkDir;
 use kiln_core::{Artifact, Builder, Cancel, Communicator, Emitter, Error, Machine, Result};
-use kiln_ssh::{SshComm, SshConfig, Transfer};
+use kiln_ssh::SshComm;
 use kiln_template::{Component, Diagnostics};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,60 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use accel::run_probe;
-
-/// Everything resolved from the config, with Packer's defaults applied.
-#[derive(Debug)]
-struct Settings {
-    build: String,
-    base_url: String,
-    /// Where the base came from when kiln resolved it (an `oci://` reference and its digest).
-    base_source: Option<String>,
-    checksum: String,
-    disk_image: bool,
-    use_backing_file: bool,
-    disk_size: Option<u64>,
-    format: String,
-    disk_interface: String,
-    disk_cache: String,
-    disk_discard: String,
-    compress: bool,
-    output_directory: PathBuf,
-    vm_name: String,
-    accelerator: String,
-    cpus: u64,
-    memory: u64,
-    machine_type: String,
-    cpu_model: Option<String>,
-    qemu_binary: String,
-    net_device: String,
-    display: Option<String>,
-    /// (bind address, port range, password) when a VNC server was asked for.
-    vnc: Option<(String, u16, u16, bool)>,
-    efi: Option<(String, String)>,
-    qemuargs: Vec<Vec<String>>,
-    extra_args: Vec<String>,
-    kernel: Option<String>,
-    initrd: Option<String>,
-    kernel_args: Option<String>,
-    boot_wait: Option<Duration>,
-    boot_command: Vec<String>,
-    boot_key_interval: Duration,
-    cd_files: Vec<PathBuf>,
-    cd_content: BTreeMap<String, String>,
-    cd_label: Option<String>,
-    http_directory: Option<PathBuf>,
-    http_content: BTreeMap<String, String>,
-    http_bind: String,
-    http_ports: (u16, u16),
-    shutdown_command: Option<String>,
-    shutdown_timeout: Duration,
-    pause_before_connecting: Option<Duration>,
-    ssh: Option<SshConfig>,
-    /// No key or password given: kiln makes a key pair for the build (type, bits) and offers its
-    /// public half through a cloud-init seed on the HTTP server.
-    temp_key: Option<(String, Option<u64>)>,
-    clear_authorized_keys: bool,
-}
 
 pub struct QemuBuilder {
     s: Arc<Settings>,
@@ -122,28 +69,22 @@ pub const ARGV_OPTIONS: &[&str] = &[
     "efi_firmware_vars",
 ];
 
-/// Decodes and checks a `qemu` source. Returns the builder and its warnings.
+/// Decodes and checks a `qemu` source. `base` is the `oci://` base kiln pulled for it, if any.
+/// Returns the builder and its warnings.
 pub fn from_component(
     build: &str,
     c: &Component,
+    base: Option<&ResolvedBase>,
 ) -> std::result::Result<(QemuBuilder, Diagnostics), Diagnostics> {
-    let d = decode_all(c)?;
-    let mut s = settings(build, &d.qemu, &d.ssh).map_err(|m| {
-        Diagnostics(vec![kiln_template::Diagnostic::error(
-            m,
-            Some(c.span.clone()),
-        )])
-    })?;
-    let checked = check(c, &d.qemu, &d.ssh, &s);
-    if checked.errors().next().is_some() {
-        return Err(checked);
-    }
-    let mut warnings = d.warnings;
-    warnings.extend(checked);
-    s.base_source = c
-        .get("__kiln_base_source")
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
+    let (q, ssh, mut warnings) = decode_all(c)?;
+    let (s, w) = match q.resolve(build, ssh, base, c) {
+        Ok(x) => x,
+        Err(mut e) => {
+            e.extend(warnings);
+            return Err(e);
+        }
+    };
+    warnings.extend(w);
     Ok((
         QemuBuilder {
             s: Arc::new(s),
@@ -152,313 +93,6 @@ pub fn from_component(
         },
         warnings,
     ))
-}
-
-/// What validate can know without booting: names that become paths, numbers in range, files
-/// that must exist, the checksum's form, and that a local base image is a disk. Each error points
-/// at its attribute.
-fn check(c: &Component, q: &QemuConfig, ssh: &SshOpts, s: &Settings) -> Diagnostics {
-    let mut d = Diagnostics::default();
-    let mut warns = Vec::new();
-    let mut err = |attr: &str, msg: String| {
-        let span = c.attrs.get(attr).map_or(c.span.clone(), |a| a.span.clone());
-        d.push(kiln_template::Diagnostic::error(msg, Some(span)));
-    };
-    // A file name, not a path: it is joined to output_directory (vm_name) or written onto media.
-    for (attr, v) in [
-        ("vm_name", Some(&s.vm_name)),
-        ("cd_label", s.cd_label.as_ref()),
-    ] {
-        if let Some(v) = v {
-            if v.is_empty() || v == "." || v == ".." || v.contains('/') || v.contains('\0') {
-                let hint = if attr == "vm_name" {
-                    "it is the image's file name inside output_directory; use output_directory to choose the directory"
-                } else {
-                    "it is the CD's volume label"
-                };
-                err(
-                    attr,
-                    format!(
-                        "{attr} = {v:?} must be a plain name (no `/`, not `.` or `..`): {hint}"
-                    ),
-                );
-            }
-        }
-    }
-    if s.cd_label.as_ref().is_some_and(|l| l.len() > 32) {
-        err(
-            "cd_label",
-            "cd_label is at most 32 characters (an ISO 9660 volume id)".into(),
-        );
-    }
-    let num = |n: Option<kiln_core::config::Num>| n.map(|n| n.0);
-    let mut range = |attr: &str, v: Option<u64>, lo: u64, hi: u64, unit: &str| {
-        if let Some(v) = v {
-            if v < lo || v > hi {
-                err(
-                    attr,
-                    format!("{attr} = {v} is out of range: it must be {lo} to {hi}{unit}"),
-                );
-            }
-        }
-    };
-    range("memory", num(q.memory), 16, 16 << 20, " (MiB)");
-    range("cpus", num(q.cpus), 1, 1024, "");
-    for (attr, v) in [
-        ("sockets", q.sockets),
-        ("cores", q.cores),
-        ("threads", q.threads),
-    ] {
-        range(attr, num(v), 1, 1024, "");
-    }
-    for (attr, v) in [
-        ("ssh_port", ssh.ssh_port),
-        ("vnc_port_min", q.vnc_port_min),
-        ("vnc_port_max", q.vnc_port_max),
-        ("http_port_min", q.http_port_min),
-        ("http_port_max", q.http_port_max),
-        ("host_port_min", q.host_port_min),
-        ("host_port_max", q.host_port_max),
-        ("ssh_host_port_min", q.ssh_host_port_min),
-        ("ssh_host_port_max", q.ssh_host_port_max),
-        ("ssh_bastion_port", ssh.ssh_bastion_port),
-        ("ssh_proxy_port", ssh.ssh_proxy_port),
-    ] {
-        range(attr, num(v), 1, 65535, " (a TCP port)");
-    }
-    range(
-        "ssh_handshake_attempts",
-        num(ssh.ssh_handshake_attempts),
-        1,
-        10_000,
-        "",
-    );
-    // The decoded values, so "5900" and 5900 compare alike.
-    for ((lo, l), (hi, h)) in [
-        (
-            ("vnc_port_min", q.vnc_port_min),
-            ("vnc_port_max", q.vnc_port_max),
-        ),
-        (
-            ("http_port_min", q.http_port_min),
-            ("http_port_max", q.http_port_max),
-        ),
-    ] {
-        if let (Some(l), Some(h)) = (num(l), num(h)) {
-            if l > h {
-                err(lo, format!("{lo} = {l} is above {hi} = {h}"));
-            }
-        }
-    }
-    if let Some(key) = s.ssh.as_ref().and_then(|c| c.private_key_file.as_ref()) {
-        if let Err(e) = std::fs::File::open(key) {
-            err(
-                "ssh_private_key_file",
-                format!("ssh_private_key_file {} cannot be read: {e}", key.display()),
-            );
-        }
-    }
-    if let Some(dir) = &s.http_directory {
-        // A warning here (Packer's own examples name directories that exist only on the
-        // user's machine); the build's preflight refuses it.
-        if !dir.is_dir() {
-            let span = c
-                .attrs
-                .get("http_directory")
-                .map_or(c.span.clone(), |a| a.span.clone());
-            warns.push(kiln_template::Diagnostic::warning(
-                format!(
-                    "http_directory {} is not a directory (yet): a build stops on it",
-                    dir.display()
-                ),
-                Some(span),
-            ));
-        }
-    }
-    if let Some(k) = s.ssh.as_ref().and_then(|c| c.host_key.as_deref()) {
-        if let Err(m) = kiln_ssh::host_key_fingerprint(k) {
-            err("ssh_host_key", m);
-        }
-    }
-    if let Err(m) = image::check_checksum_form(&s.checksum) {
-        err("iso_checksum", m);
-    }
-    if s.disk_image && !download::is_remote(&s.base_url) && !s.base_url.is_empty() {
-        if let Ok(p) = image::resolve_url(&s.base_url) {
-            if p.is_file() {
-                if let Some(why) = image::not_a_disk(&p) {
-                    err(
-                        if c.attrs.contains_key("iso_url") {
-                            "iso_url"
-                        } else {
-                            "iso_urls"
-                        },
-                        format!("base image (iso_url): {why}"),
-                    );
-                }
-            }
-        }
-    }
-    for w in warns {
-        d.push(w);
-    }
-    d
-}
-
-fn settings(build: &str, q: &QemuConfig, ssh: &SshOpts) -> std::result::Result<Settings, String> {
-    let t = |o: &Option<kiln_core::config::Text>| o.as_ref().map(|t| t.0.clone());
-    let flag = |o: Option<kiln_core::config::Flag>| o.is_some_and(|f| f.0);
-    let disk_image = flag(q.disk_image);
-    let base_url = t(&q.iso_url)
-        .or_else(|| {
-            q.iso_urls
-                .as_ref()
-                .and_then(|u| u.first())
-                .map(|t| t.0.clone())
-        })
-        .unwrap_or_default();
-    let disk_size = match (&q.disk_size, flag(q.skip_resize_disk)) {
-        (Some(s), false) => Some(image::parse_size(s).map_err(|e| e.to_string())?),
-        _ => None,
-    };
-    let communicator = t(&q.communicator).unwrap_or_else(|| "ssh".into());
-    let ssh_cfg = (communicator == "ssh").then(|| SshConfig {
-        host: t(&ssh.ssh_host).unwrap_or_else(|| "127.0.0.1".into()),
-        port: ssh.ssh_port.map_or(22, |p| p.0 as u16),
-        user: t(&ssh.ssh_username).unwrap_or_default(),
-        password: t(&ssh.ssh_password),
-        private_key_file: t(&ssh.ssh_private_key_file).map(PathBuf::from),
-        timeout: ssh
-            .ssh_timeout
-            .or(ssh.ssh_wait_timeout)
-            .map_or(Duration::from_secs(300), |d| d.0),
-        handshake_attempts: ssh.ssh_handshake_attempts.map_or(10, |n| n.0 as u32),
-        pty: flag(ssh.ssh_pty),
-        transfer: if ssh.ssh_file_transfer_method.as_deref() == Some("sftp") {
-            Transfer::Sftp
-        } else {
-            Transfer::Scp
-        },
-        keep_alive: ssh
-            .ssh_keep_alive_interval
-            .map_or(Duration::from_secs(5), |d| d.0),
-        host_key: t(&ssh.ssh_host_key),
-    });
-    let efi = if flag(q.efi_boot) {
-        Some((
-            t(&q.efi_firmware_code).unwrap_or_else(|| "/usr/share/OVMF/OVMF_CODE_4M.fd".into()),
-            t(&q.efi_firmware_vars).unwrap_or_else(|| "/usr/share/OVMF/OVMF_VARS_4M.fd".into()),
-        ))
-    } else {
-        None
-    };
-    let net = t(&q.net_device).unwrap_or_else(|| "virtio-net".into());
-    Ok(Settings {
-        build: build.to_string(),
-        base_url,
-        base_source: None,
-        checksum: t(&q.iso_checksum).unwrap_or_else(|| "none".into()),
-        disk_image,
-        use_backing_file: flag(q.use_backing_file),
-        disk_size,
-        format: t(&q.format).unwrap_or_else(|| "qcow2".into()),
-        disk_interface: t(&q.disk_interface).unwrap_or_else(|| "virtio".into()),
-        disk_cache: t(&q.disk_cache).unwrap_or_else(|| "writeback".into()),
-        disk_discard: t(&q.disk_discard).unwrap_or_else(|| "ignore".into()),
-        compress: flag(q.disk_compression),
-        output_directory: PathBuf::from(
-            t(&q.output_directory).unwrap_or_else(|| format!("output-{build}")),
-        ),
-        vm_name: t(&q.vm_name).unwrap_or_else(|| format!("packer-{build}")),
-        accelerator: t(&q.accelerator).unwrap_or_else(|| "auto".into()),
-        cpus: q.cpus.map_or(1, |n| n.0.max(1)),
-        memory: q.memory.map_or(512, |n| n.0.max(16)),
-        machine_type: t(&q.machine_type).unwrap_or_else(|| "pc".into()),
-        cpu_model: t(&q.cpu_model),
-        qemu_binary: t(&q.qemu_binary).unwrap_or_else(|| "qemu-system-x86_64".into()),
-        net_device: format!("{net},netdev=user.0"),
-        display: t(&q.display).filter(|_| !flag(q.headless)),
-        vnc: (q.vnc_bind_address.is_some()
-            || q.vnc_port_min.is_some()
-            || q.vnc_port_max.is_some()
-            || flag(q.vnc_use_password))
-        .then(|| {
-            (
-                t(&q.vnc_bind_address).unwrap_or_else(|| "127.0.0.1".into()),
-                q.vnc_port_min.map_or(5900, |n| n.0 as u16),
-                q.vnc_port_max.map_or(6000, |n| n.0 as u16),
-                flag(q.vnc_use_password),
-            )
-        }),
-        efi,
-        qemuargs: q
-            .qemuargs
-            .as_ref()
-            .map(|v| {
-                v.iter()
-                    .map(|a| a.iter().map(|s| s.0.clone()).collect())
-                    .collect()
-            })
-            .unwrap_or_default(),
-        extra_args: q
-            .qemu_extra_args
-            .as_ref()
-            .map(|v| v.iter().map(|s| s.0.clone()).collect())
-            .unwrap_or_default(),
-        kernel: t(&q.kernel),
-        initrd: t(&q.initrd),
-        kernel_args: t(&q.kernel_args),
-        boot_wait: q.boot_wait.map(|d| d.0),
-        boot_command: q
-            .boot_command
-            .as_ref()
-            .map(|v| v.iter().map(|t| t.0.clone()).collect())
-            .unwrap_or_default(),
-        boot_key_interval: q
-            .boot_key_interval
-            .map_or(Duration::from_millis(100), |d| d.0),
-        cd_files: q
-            .cd_files
-            .as_ref()
-            .map(|v| v.iter().map(|t| PathBuf::from(&t.0)).collect())
-            .unwrap_or_default(),
-        cd_content: q
-            .cd_content
-            .as_ref()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
-            .unwrap_or_default(),
-        cd_label: t(&q.cd_label),
-        http_directory: t(&q.http_directory).map(PathBuf::from),
-        http_content: q
-            .http_content
-            .as_ref()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
-            .unwrap_or_default(),
-        // Packer listens on 0.0.0.0; kiln only on loopback, which is where QEMU's user network
-        // sends the guest's requests to 10.0.2.2.
-        http_bind: t(&q.http_bind_address).unwrap_or_else(|| "127.0.0.1".into()),
-        http_ports: (
-            q.http_port_min.map_or(8000, |n| n.0 as u16),
-            q.http_port_max.map_or(9000, |n| n.0 as u16),
-        ),
-        shutdown_command: t(&q.shutdown_command).filter(|s| !s.is_empty()),
-        shutdown_timeout: q.shutdown_timeout.map_or(Duration::from_secs(300), |d| d.0),
-        pause_before_connecting: q
-            .pause_before_connecting
-            .or(ssh.pause_before_ssh)
-            .map(|d| d.0),
-        temp_key: ssh_cfg
-            .as_ref()
-            .filter(|c| c.password.is_none() && c.private_key_file.is_none())
-            .map(|_| {
-                (
-                    t(&ssh.temporary_key_pair_type).unwrap_or_else(|| "ed25519".into()),
-                    ssh.temporary_key_pair_bits.map(|b| b.0),
-                )
-            }),
-        clear_authorized_keys: flag(ssh.ssh_clear_authorized_keys),
-        ssh: ssh_cfg,
-    })
 }
 
 fn work_base() -> PathBuf {
@@ -499,8 +133,8 @@ fn running(pid: u32) -> bool {
 impl QemuBuilder {
     fn choose_accel(&self, em: &Emitter, scratch: &Path) -> Result<String> {
         let s = &self.s;
-        match s.accelerator.as_str() {
-            "auto" => match accel::kvm_works(&s.qemu_binary, scratch) {
+        match s.cfg.accelerator {
+            Accelerator::Auto => match accel::kvm_works(&s.cfg.qemu_binary.0, scratch) {
                 Ok(()) => {
                     em.say("accelerator: kvm (auto: KVM runs guests here)");
                     Ok("kvm".into())
@@ -510,11 +144,11 @@ impl QemuBuilder {
                     Ok("tcg".into())
                 }
             },
-            "kvm" => match accel::kvm_works(&s.qemu_binary, scratch) {
+            Accelerator::Kvm => match accel::kvm_works(&s.cfg.qemu_binary.0, scratch) {
                 Ok(()) => Ok("kvm".into()),
                 Err(why) => Err(Error::failed(format!("accelerator = \"kvm\" but KVM cannot run guests here: {why} — use accelerator = \"tcg\" or \"auto\""))),
             },
-            "none" => Ok("tcg".into()),
+            Accelerator::None => Ok("tcg".into()),
             other => Ok(other.to_string()),
         }
     }
@@ -560,67 +194,23 @@ impl Builder for QemuBuilder {
                 d
             }
         };
-        let file = |p: &Option<String>| -> Result<serde_json::Value> {
-            Ok(match p {
-                Some(p) => serde_json::Value::from(kiln_core::digest_path(Path::new(p))?),
-                None => serde_json::Value::Null,
-            })
-        };
-        // Arguments that name existing files count by content, not by path.
-        let arg = |a: &String| -> Result<String> {
-            let p = Path::new(a);
-            if (a.starts_with('/') || a.starts_with('.')) && p.is_file() {
-                return kiln_core::digest_path(p);
-            }
-            Ok(a.clone())
-        };
-        let qemuargs: Vec<Vec<String>> = s
-            .qemuargs
-            .iter()
-            .map(|v| v.iter().map(arg).collect::<Result<_>>())
-            .collect::<Result<_>>()?;
-        let extra: Vec<String> = s.extra_args.iter().map(arg).collect::<Result<_>>()?;
-        let http_dir = match &s.http_directory {
-            Some(d) if d.exists() => serde_json::Value::from(kiln_core::digest_path(d)?),
-            Some(d) => serde_json::Value::from(d.display().to_string()),
-            None => serde_json::Value::Null,
-        };
-        // Not here, because they do not change the disk: accelerator, timeouts, display,
-        // ports, output_directory, vm_name, qemu_binary, ssh credentials.
+        // The options as resolved, each as its field declares (config.rs): the values that can
+        // change the disk, files by content.
+        let options =
+            serde_json::to_value(&s.cfg).map_err(|e| Error::failed(format!("cache key: {e}")))?;
+        let communicator = serde_json::to_value(&s.ssh_opts)
+            .map_err(|e| Error::failed(format!("cache key: {e}")))?;
         Ok(serde_json::json!({
             "base": format!("sha256:{digest}"),
-            "use_backing_file": s.use_backing_file,
             "disk_size": s.disk_size,
-            "format": s.format,
-            "disk_interface": s.disk_interface,
-            "disk_discard": s.disk_discard,
-            "disk_compression": s.compress,
-            "machine_type": s.machine_type,
-            "cpu_model": s.cpu_model,
-            "cpus": s.cpus,
-            "memory": s.memory,
-            "net_device": s.net_device,
-            "efi": s.efi.as_ref().map(|(c, v)| vec![file(&Some(c.clone())).ok(), file(&Some(v.clone())).ok()]),
-            "kernel": file(&s.kernel)?,
-            "initrd": file(&s.initrd)?,
-            "kernel_args": s.kernel_args,
-            "qemuargs": qemuargs,
-            "qemu_extra_args": extra,
-            "http_directory": http_dir,
-            "http_content": s.http_content,
-            "shutdown_command": s.shutdown_command,
-            "disk_image": s.disk_image,
-            "boot_command": s.boot_command,
-            "cd_files": s.cd_files.iter().map(|f| kiln_core::digest_path(f).unwrap_or_else(|_| f.display().to_string())).collect::<Vec<_>>(),
-            "cd_content": s.cd_content,
-            "cd_label": s.cd_label,
-            "ssh_username": s.ssh.as_ref().map(|c| c.user.clone()),
+            "options": options,
+            "communicator": communicator,
         }))
     }
 
     fn preflight(&self, force: bool) -> Result<()> {
         let s = &self.s;
-        if (!s.cd_files.is_empty() || !s.cd_content.is_empty())
+        if (!s.cfg.cd_files.is_empty() || !s.cfg.cd_content.is_empty())
             && Command::new("xorriso")
                 .arg("-version")
                 .stdout(Stdio::null())
@@ -644,7 +234,7 @@ impl Builder for QemuBuilder {
                 base.display()
             )));
         }
-        if let Some(dir) = &s.http_directory {
+        if let Some(dir) = s.cfg.http_directory.as_ref().map(|d| PathBuf::from(&d.0)) {
             if !dir.is_dir() {
                 return Err(Error::failed(format!(
                     "http_directory {} is not a directory: create it, or remove http_directory",
@@ -652,21 +242,21 @@ impl Builder for QemuBuilder {
                 )));
             }
         }
-        for (what, p) in [("kernel", &s.kernel), ("initrd", &s.initrd)] {
+        for (what, p) in [("kernel", &s.cfg.kernel), ("initrd", &s.cfg.initrd)] {
             if let Some(p) = p {
-                if !Path::new(p).is_file() {
+                if !Path::new(&p.0).is_file() {
                     return Err(Error::failed(format!("{what} {p} does not exist")));
                 }
             }
         }
-        match qemu_version(&s.qemu_binary) {
+        match qemu_version(&s.cfg.qemu_binary.0) {
             Some(v) => {
                 let _ = self.qemu_version.set(v);
             }
             None => {
                 return Err(Error::failed(format!(
                     "{} is not installed: apt-get install qemu-system-x86 qemu-utils",
-                    s.qemu_binary
+                    s.cfg.qemu_binary.0
                 )))
             }
         }
@@ -692,7 +282,7 @@ impl Builder for QemuBuilder {
         cancel.check()?;
         let overlay = wd.join("disk.qcow2");
         let mut cdroms = Vec::new();
-        let vsize = if s.disk_image {
+        let vsize = if s.cfg.disk_image.0 {
             let info = image::info(&base)?;
             let size = s.disk_size.filter(|sz| *sz > info.virtual_size);
             if let Some(sz) = s.disk_size {
@@ -709,23 +299,36 @@ impl Builder for QemuBuilder {
             cdroms.push(base.display().to_string());
             size
         };
-        if !s.cd_files.is_empty() || !s.cd_content.is_empty() {
+        if !s.cfg.cd_files.is_empty() || !s.cfg.cd_content.is_empty() {
             let iso = wd.join("cd.iso");
             media::make_iso(
                 &wd.join("cd"),
                 &iso,
-                s.cd_label.as_deref().unwrap_or("cidata"),
-                &s.cd_files,
-                &s.cd_content,
+                s.cfg.cd_label.as_deref().unwrap_or("cidata"),
+                &s.cfg
+                    .cd_files
+                    .iter()
+                    .map(|t| PathBuf::from(&t.0))
+                    .collect::<Vec<_>>(),
+                &s.cfg
+                    .cd_content
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.0.clone()))
+                    .collect(),
             )?;
             cdroms.push(iso.display().to_string());
         }
 
-        let mut http_content = s.http_content.clone();
-        let temp_key = match &s.temp_key {
+        let mut http_content: BTreeMap<String, String> = s
+            .cfg
+            .http_content
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        let temp_key = match &s.comm.temp_key {
             Some((kind, bits)) => {
-                let k = make_temp_key(&wd, kind, *bits, &s.build)?;
-                let user = s.ssh.as_ref().map_or("root", |c| c.user.as_str());
+                let k = make_temp_key(&wd, kind.as_str(), *bits, &s.build)?;
+                let user = s.comm.ssh.as_ref().map_or("root", |c| c.user.as_str());
                 em.say(format!("no ssh_password or ssh_private_key_file: using a temporary {kind} key pair, offered to the guest in a cloud-init seed (http://10.0.2.2:PORT/user-data)"));
                 for v in http_content.values_mut() {
                     *v = v
@@ -742,18 +345,18 @@ impl Builder for QemuBuilder {
             }
             None => None,
         };
-        let http = if s.http_directory.is_some() || !http_content.is_empty() {
+        let http = if s.cfg.http_directory.is_some() || !http_content.is_empty() {
             let h = http::HttpServer::start(
-                &s.http_bind,
-                s.http_ports.0,
-                s.http_ports.1,
-                s.http_directory.clone(),
+                &s.cfg.http_bind_address.0,
+                s.cfg.http_port_min.0,
+                s.cfg.http_port_max.0,
+                s.cfg.http_directory.as_ref().map(|d| PathBuf::from(&d.0)),
                 http_content,
                 em.clone(),
             )?;
             em.say(format!(
                 "serving HTTP for the guest on {}:{} (guest: http://10.0.2.2:{})",
-                s.http_bind, h.port, h.port
+                s.cfg.http_bind_address.0, h.port, h.port
             ));
             Some(h)
         } else {
@@ -776,16 +379,16 @@ impl Builder for QemuBuilder {
         if let Some((_, public)) = &temp_key {
             vars.insert("SSHPublicKey".to_string(), public.clone());
         }
-        let guest_port = s.ssh.as_ref().map_or(22, |c| c.port);
+        let guest_port = s.comm.ssh.as_ref().map_or(22, |c| c.port);
         let console = wd.join("console.log");
         let qmp_sock = wd.join("qmp.sock");
         let events_sock = wd.join("events.sock");
         let drive = format!(
             "file={},if={},cache={},discard={},format=qcow2",
             overlay.display(),
-            s.disk_interface,
-            s.disk_cache,
-            s.disk_discard
+            s.cfg.disk_interface,
+            s.cfg.disk_cache,
+            s.cfg.disk_discard
         );
         let vnc = match &s.vnc {
             Some((bind, min, max, pw)) => {
@@ -796,7 +399,14 @@ impl Builder for QemuBuilder {
             }
             None => None,
         };
-        let mut extra_args = s.extra_args.clone();
+        let mut extra_args: Vec<String> =
+            s.cfg.qemu_extra_args.iter().map(|a| a.0.clone()).collect();
+        let qemuargs: Vec<Vec<String>> = s
+            .cfg
+            .qemuargs
+            .iter()
+            .map(|v| v.iter().map(|a| a.0.clone()).collect())
+            .collect();
         if let (Some(_), Some(h)) = (&temp_key, &http) {
             // Where cloud-init's NoCloud datasource finds the seed.
             extra_args.extend([
@@ -806,46 +416,46 @@ impl Builder for QemuBuilder {
         }
         let args = argv::build(&argv::ArgvInput {
             vm_name: &s.vm_name,
-            machine_type: &s.machine_type,
+            machine_type: &s.cfg.machine_type,
             accel: &accel,
-            cpu_model: s.cpu_model.as_deref(),
-            cpus: s.cpus,
-            memory: s.memory,
+            cpu_model: s.cfg.cpu_model.as_deref(),
+            cpus: u64::from(s.cfg.cpus.0),
+            memory: s.cfg.memory.0,
             drive,
             cdroms,
-            boot: if s.disk_image { "c" } else { "once=d" },
+            boot: if s.cfg.disk_image.0 { "c" } else { "once=d" },
             netdev: format!("user,id=user.0,hostfwd=tcp:127.0.0.1:0-:{guest_port}"),
-            net_device: s.net_device.clone(),
-            kernel: s.kernel.as_deref(),
-            initrd: s.initrd.as_deref(),
-            kernel_args: s.kernel_args.as_deref(),
+            net_device: format!("{},netdev=user.0", s.cfg.net_device.0),
+            kernel: s.cfg.kernel.as_deref(),
+            initrd: s.cfg.initrd.as_deref(),
+            kernel_args: s.cfg.kernel_args.as_deref(),
             display: s.display.as_deref(),
             vnc: vnc.as_ref().map(|(b, p, pw)| {
                 format!("{b}:{}{}", p - 5900, if *pw { ",password=on" } else { "" })
             }),
             efi: s.efi.clone(),
             qmp_socket: qmp_sock.display().to_string(),
-            events_socket: (!s.disk_image).then(|| events_sock.display().to_string()),
+            events_socket: (!s.cfg.disk_image.0).then(|| events_sock.display().to_string()),
             serial_log: console.display().to_string(),
-            qemuargs: &s.qemuargs,
+            qemuargs: &qemuargs,
             extra: &extra_args,
             vars: &vars,
         });
         em.debug(format!(
             "qemu command: {} {}",
-            s.qemu_binary,
+            s.cfg.qemu_binary.0,
             args.join(" ")
         ));
         let stderr_path = wd.join("qemu.stderr");
         let stderr = std::fs::File::create(&stderr_path)
             .map_err(|e| Error::io("cannot create qemu's log", e))?;
-        let mut cmd = Command::new(&s.qemu_binary);
+        let mut cmd = Command::new(&s.cfg.qemu_binary.0);
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
         let started = Instant::now();
-        let mut qemu = Guarded::spawn(cmd, &s.qemu_binary)?;
+        let mut qemu = Guarded::spawn(cmd, &s.cfg.qemu_binary.0)?;
         let pid = qemu.id();
         let hook = cancel.on_cancel(move || {
             // SAFETY: plain kill(2); the guard reaps the process later.
@@ -887,8 +497,12 @@ impl Builder for QemuBuilder {
             }
             em.say(msg);
         }
-        if !s.boot_command.is_empty() {
-            let wait = s.boot_wait.unwrap_or(Duration::from_secs(10));
+        if !s.cfg.boot_command.is_empty() {
+            let wait = s
+                .cfg
+                .boot_wait
+                .map(Duration::from)
+                .unwrap_or(Duration::from_secs(10));
             em.say(format!(
                 "waiting {wait:?} (boot_wait), then typing the boot command"
             ));
@@ -896,9 +510,13 @@ impl Builder for QemuBuilder {
             em.phase("boot-command");
             type_boot_command(
                 &mut qmp,
-                &s.boot_command,
+                &s.cfg
+                    .boot_command
+                    .iter()
+                    .map(|t| t.0.clone())
+                    .collect::<Vec<_>>(),
                 &vars,
-                s.boot_key_interval,
+                s.cfg.boot_key_interval.0,
                 em,
                 cancel,
                 &mut || running(pid),
@@ -906,7 +524,7 @@ impl Builder for QemuBuilder {
         }
         // An installer runs, then reboots into the installed disk: time the two apart.
         let watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watcher = (!s.disk_image).then(|| {
+        let watcher = (!s.cfg.disk_image.0).then(|| {
             em.phase("install");
             let em2 = em.clone();
             qmp::watch_reset(
@@ -916,7 +534,7 @@ impl Builder for QemuBuilder {
             )
         });
         let mut comm = None;
-        if let Some(cfg) = &s.ssh {
+        if let Some(cfg) = &s.comm.ssh {
             let usernet = qmp.hmp("info usernet")?;
             let port = qmp::parse_usernet_port(&usernet, guest_port).ok_or_else(|| {
                 Error::failed(format!("no host port forwards to guest port {guest_port}: if qemuargs replaces -netdev, include hostfwd=tcp:127.0.0.1:{{{{ .SSHHostPort }}}}-:{guest_port}"))
@@ -959,7 +577,12 @@ impl Builder for QemuBuilder {
             if let Some(w) = watcher {
                 let _ = w.join();
             }
-            if let Some(p) = s.pause_before_connecting {
+            if let Some(p) = s
+                .cfg
+                .pause_before_connecting
+                .map(Duration::from)
+                .or(s.comm.pause_before)
+            {
                 cancel.sleep(p)?;
             }
         }
@@ -1144,7 +767,7 @@ impl Machine for QemuMachine {
     }
 
     fn access(&self) -> String {
-        match &self.s.ssh {
+        match &self.s.comm.ssh {
             Some(c) => format!(
                 "reach it with: ssh -p {} {}{}@{} (qemu pid {}, console log {}, work dir {})",
                 self.vars.get("SSHHostPort").map_or("?", String::as_str),
@@ -1174,7 +797,7 @@ impl Machine for QemuMachine {
     ) -> Result<Artifact> {
         let t0 = Instant::now();
         if let (true, Some(comment), Some(comm)) = (
-            self.s.clear_authorized_keys,
+            self.s.comm.clear_authorized_keys,
             &self.temp_key_comment,
             self.comm.as_mut(),
         ) {
@@ -1190,7 +813,7 @@ impl Machine for QemuMachine {
                 Err(e) => return Err(e),
             }
         }
-        let cmd = self.s.shutdown_command.clone();
+        let cmd = self.s.cfg.shutdown_command.as_ref().map(|t| t.0.clone());
         match (&cmd, self.comm.as_mut()) {
             (Some(cmd), Some(comm)) => {
                 em.say(format!("shutting down the guest: {cmd}"));
@@ -1211,13 +834,13 @@ impl Machine for QemuMachine {
             (_, None) => em.say("communicator none: waiting for the guest to power itself off"),
         }
         self.comm = None;
-        if !self.wait_exit(self.s.shutdown_timeout, cancel)? {
+        if !self.wait_exit(self.s.cfg.shutdown_timeout.0, cancel)? {
             if let Some(q) = self.qemu.as_mut() {
                 q.kill();
             }
             return Err(Error::failed(format!(
                 "the guest did not power off within shutdown_timeout ({:?}); it was stopped forcibly, and a disk from a forced stop is not trusted, so no image was written",
-                self.s.shutdown_timeout
+                self.s.cfg.shutdown_timeout.0
             )));
         }
         self.qmp = None;
@@ -1228,7 +851,7 @@ impl Machine for QemuMachine {
         em.phase("export");
         let target = dest.join(&self.s.vm_name);
         let t1 = Instant::now();
-        if self.s.use_backing_file {
+        if self.s.cfg.use_backing_file.0 {
             em.warn("use_backing_file = true: the image refers to its base image by path and is not self-contained");
             std::fs::copy(&self.overlay, &target)
                 .map_err(|e| Error::io("cannot copy the overlay", e))?;
@@ -1236,8 +859,8 @@ impl Machine for QemuMachine {
             image::convert(
                 &self.overlay,
                 &target,
-                &self.s.format,
-                self.s.compress,
+                self.s.cfg.format.as_str(),
+                self.s.cfg.disk_compression.0,
                 &mut |pct| {
                     em.emit(kiln_core::EventKind::Progress {
                         what: "export".into(),
@@ -1253,11 +876,11 @@ impl Machine for QemuMachine {
             "exported {} ({} bytes, {}) in {:.2}s",
             self.s.vm_name,
             size,
-            self.s.format,
+            self.s.cfg.format,
             t1.elapsed().as_secs_f64()
         ));
         let mut data = BTreeMap::new();
-        data.insert("format".into(), self.s.format.clone());
+        data.insert("format".into(), self.s.cfg.format.to_string());
         data.insert("accelerator".into(), self.accel.clone());
         data.insert("base_sha256".into(), self.base_sha256.clone());
         data.insert(

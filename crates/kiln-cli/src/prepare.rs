@@ -3,7 +3,9 @@
 
 use kiln_core::config::parse_duration;
 use kiln_core::engine::{Job, StepSpec};
+use kiln_core::ResolvedBase;
 use kiln_template::{BuildPlan, Diagnostic, Diagnostics, LoadOptions, Plan, Step};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -66,10 +68,16 @@ fn secret_on_argv(b: &BuildPlan, plan: &Plan, options: &[&str], d: &mut Diagnost
     found
 }
 
-fn job(b: &BuildPlan, plan: &Plan, run_uuid: &str, d: &mut Diagnostics) -> Option<Job> {
+fn job(
+    b: &BuildPlan,
+    plan: &Plan,
+    run_uuid: &str,
+    base: Option<&ResolvedBase>,
+    d: &mut Diagnostics,
+) -> Option<Job> {
     let builder: Box<dyn kiln_core::Builder> = match b.builder.kind.as_str() {
         "qemu" if secret_on_argv(b, plan, kiln_builder_qemu::ARGV_OPTIONS, d) => return None,
-        "qemu" => match kiln_builder_qemu::from_component(b.source_name(), &b.builder) {
+        "qemu" => match kiln_builder_qemu::from_component(b.source_name(), &b.builder, base) {
             Ok((q, w)) => {
                 d.extend(w);
                 Box::new(q)
@@ -173,23 +181,24 @@ pub struct BaseResolver<'a> {
     pub plain_http: bool,
 }
 
-/// Pulls `oci://` base images into the store and points iso_url at the stored disk, with its
-/// digest as iso_checksum, so the base is verified and the cache key sees its content.
-fn resolve_oci_bases(plan: &mut Plan, r: &BaseResolver<'_>, diags: &mut Diagnostics) {
-    for b in &mut plan.builds {
-        let Some(attr) = b.builder.attrs.get("iso_url").cloned() else {
+/// Pulls the `oci://` base images builds name (in their builder's base option, e.g. `iso_url`)
+/// into the store: the builder then boots the stored disk, verified by its digest, and the cache
+/// key sees its content. Keyed by the build's index in the plan.
+fn resolve_oci_bases(
+    plan: &Plan,
+    r: &BaseResolver<'_>,
+    diags: &mut Diagnostics,
+) -> BTreeMap<usize, ResolvedBase> {
+    let mut out = BTreeMap::new();
+    for (i, b) in plan.builds.iter().enumerate() {
+        let Some(attr) = b.builder.attrs.get("iso_url") else {
             continue;
         };
-        let Some(url) = attr
-            .value
-            .as_str()
-            .filter(|u| u.starts_with("oci://"))
-            .map(str::to_string)
-        else {
+        let Some(url) = attr.value.as_str().filter(|u| u.starts_with("oci://")) else {
             continue;
         };
         let err = |m: String| Diagnostic::error(m, Some(attr.span.clone()));
-        let reference = match kiln_registry::Reference::parse(&url) {
+        let reference = match kiln_registry::Reference::parse(url) {
             Ok(x) => x,
             Err(e) => {
                 diags.push(err(e.to_string()));
@@ -230,22 +239,16 @@ fn resolve_oci_bases(plan: &mut Plan, r: &BaseResolver<'_>, diags: &mut Diagnost
             diags.push(err(format!("base image {url} has no disk layer")));
             continue;
         };
-        let set = |b: &mut kiln_template::BuildPlan, k: &str, v: String| {
-            b.builder.attrs.insert(
-                k.to_string(),
-                kiln_template::Attr {
-                    value: serde_json::Value::String(v),
-                    span: attr.span.clone(),
-                },
-            );
-        };
-        set(b, "iso_url", layer_path.display().to_string());
-        set(b, "iso_checksum", layer.clone());
-        set(b, "__kiln_base_source", format!("{url} ({id})"));
-        if !b.builder.attrs.contains_key("disk_image") {
-            set(b, "disk_image", "true".into());
-        }
+        out.insert(
+            i,
+            ResolvedBase {
+                path: layer_path,
+                digest: layer,
+                source: format!("{url} ({id})"),
+            },
+        );
     }
+    out
 }
 
 pub fn prepare(
@@ -255,12 +258,13 @@ pub fn prepare(
     bases: Option<&BaseResolver<'_>>,
 ) -> Result<Prepared, Diagnostics> {
     let (plan, mut diags) = kiln_template::load(path, opts);
-    let Some(mut plan) = plan else {
+    let Some(plan) = plan else {
         return Err(diags);
     };
-    if let Some(r) = bases {
-        resolve_oci_bases(&mut plan, r, &mut diags);
-    }
+    let bases = match bases {
+        Some(r) => resolve_oci_bases(&plan, r, &mut diags),
+        None => BTreeMap::new(),
+    };
     if opts.syntax_only {
         return Ok(Prepared {
             jobs: Vec::new(),
@@ -289,7 +293,8 @@ pub fn prepare(
     let jobs: Vec<Job> = plan
         .builds
         .iter()
-        .filter_map(|b| job(b, &plan, &run_uuid, &mut diags))
+        .enumerate()
+        .filter_map(|(i, b)| job(b, &plan, &run_uuid, bases.get(&i), &mut diags))
         .collect();
     if diags.has_errors() {
         return Err(diags);

@@ -5,7 +5,7 @@
 
 use kiln_template::{did_you_mean, Component, Diagnostic, Diagnostics};
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
 
@@ -78,25 +78,39 @@ pub fn decode<T: DeserializeOwned>(c: &Component, also_allowed: &[&str]) -> Resu
             );
         }
     }
+    let known: Vec<(&String, &kiln_template::Attr)> = c
+        .attrs
+        .iter()
+        .filter(|(k, _)| fields.contains(&k.as_str()))
+        .collect();
     let json = serde_json::Value::Object(
-        c.attrs
+        known
             .iter()
-            .filter(|(k, _)| fields.contains(&k.as_str()))
-            .map(|(k, a)| (k.clone(), a.value.clone()))
+            .map(|(k, a)| ((*k).clone(), a.value.clone()))
             .collect(),
     );
     match serde_path_to_error::deserialize::<_, T>(json) {
         Ok(v) if !diags.has_errors() => Ok(v),
         Ok(_) => Err(diags),
-        Err(e) => {
-            let path = e.path().to_string();
-            let key = path.split(['.', '[']).next().unwrap_or("");
-            let span = c.span_of(key).clone();
-            let msg = e.into_inner().to_string();
-            diags.push(Diagnostic::error(
-                format!("invalid value for {key:?}: {msg}"),
-                Some(span),
-            ));
+        Err(_) => {
+            // Each attribute alone (every other field at its default), so every bad value is
+            // reported at once, each at its own attribute.
+            for (key, attr) in known {
+                let one = serde_json::json!({ key.as_str(): attr.value });
+                if let Err(e) = serde_path_to_error::deserialize::<_, T>(one) {
+                    let msg = e.into_inner().to_string();
+                    diags.push(Diagnostic::error(
+                        format!("invalid value for {key:?}: {msg}"),
+                        Some(attr.span.clone()),
+                    ));
+                }
+            }
+            if !diags.has_errors() {
+                diags.push(Diagnostic::error(
+                    format!("invalid options for {}", c.kind),
+                    Some(c.span.clone()),
+                ));
+            }
             Err(diags)
         }
     }
@@ -117,6 +131,18 @@ impl<'de> Deserialize<'de> for Text {
                 kind(&other)
             ))),
         }
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        &self.0
     }
 }
 
@@ -198,6 +224,301 @@ impl<'de> Deserialize<'de> for Dur {
                 kind(&other)
             ))),
         }
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl Serialize for Num {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl Serialize for Flag {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(self.0)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:?}", self.0))
+    }
+}
+
+impl std::ops::Deref for Dur {
+    type Target = Duration;
+    fn deref(&self) -> &Duration {
+        &self.0
+    }
+}
+
+impl From<Dur> for Duration {
+    fn from(d: Dur) -> Duration {
+        d.0
+    }
+}
+
+/// A value read weakly as text (a string, a number or a bool), for `FromStr` types.
+pub fn weak_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Text::deserialize(d).map(|t| t.0)
+}
+
+/// The error for a value outside a fixed set of names: the names, and the nearest one.
+pub fn choice_error(got: &str, names: &[&str]) -> String {
+    match did_you_mean(got, names.iter().copied()) {
+        Some(s) => format!(
+            "{got:?} is not one of {} (did you mean {s:?}?)",
+            names.join(", ")
+        ),
+        None => format!("{got:?} is not one of {}", names.join(", ")),
+    }
+}
+
+/// Declares an option whose value is one of a fixed set of names: an enum with `FromStr`
+/// (the error lists the names and the nearest), `Display`, weak `Deserialize` and `Serialize`
+/// as the name. `NAMES` lists them in order, for docs.
+#[macro_export]
+macro_rules! choice {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($(#[$vm:meta])* $var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name { $($(#[$vm])* $var),+ }
+        impl $name {
+            pub const NAMES: &'static [&'static str] = &[$($s),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$var => $s),+ }
+            }
+        }
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok(Self::$var),)+
+                    other => Err($crate::config::choice_error(other, Self::NAMES)),
+                }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $crate::config::weak_string(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// Declares a whole-number option with a range: weak decoding (`"8080"` or `8080`), the range
+/// checked where the value is read (the error names the range), the final integer type inside.
+macro_rules! bounded {
+    ($(#[$m:meta])* $name:ident: $t:ty, $lo:expr, $hi:expr, $unit:expr) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        pub struct $name(pub $t);
+        impl $name {
+            pub const MIN: $t = $lo;
+            pub const MAX: $t = $hi;
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let n = Num::deserialize(d)?.0;
+                match <$t>::try_from(n) {
+                    Ok(v) if ($lo..=$hi).contains(&v) => Ok($name(v)),
+                    _ => Err(de::Error::custom(format!(
+                        "{n} is out of range: it must be {} to {}{}",
+                        $lo, $hi, $unit
+                    ))),
+                }
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_u64(u64::from(self.0))
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+bounded!(
+    /// A TCP port, 1 to 65535.
+    Port: u16, 1, 65535, " (a TCP port)"
+);
+bounded!(
+    /// A count of CPUs, sockets, cores or threads, 1 to 1024.
+    Count: u32, 1, 1024, ""
+);
+bounded!(
+    /// Guest memory in MiB, 16 MiB to 16 TiB.
+    MemoryMib: u64, 16, 16 << 20, " (MiB)"
+);
+bounded!(
+    /// How many times to try something, 1 to 10000.
+    Attempts: u32, 1, 10_000, ""
+);
+
+/// A size in bytes, written as Packer writes disk sizes: a number of MiB (`10240`, `"10240"`) or
+/// a number with a unit (`"10G"`, `"512M"`, `"1T"`, `"64K"`; `MB`/`MiB` spellings too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let n: u64 = t[..split]
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: write it like \"10G\" or \"10240\" (MiB)"))?;
+        let mult: u64 = match t[split..]
+            .trim()
+            .to_ascii_uppercase()
+            .trim_end_matches("IB")
+            .trim_end_matches('B')
+        {
+            "" | "M" => 1 << 20,
+            "K" => 1 << 10,
+            "G" => 1 << 30,
+            "T" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "invalid size unit {other:?} in {s:?}: use K, M, G or T"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        weak_string(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+/// How an option enters the cache key, declared on the field with serde attributes of the
+/// config struct's `Serialize` (which exists only for the key):
+/// - no attribute: its value, as resolved (defaults applied);
+/// - `#[serde(skip_serializing)]`: not in the key (it does not change the disk);
+/// - `#[serde(serialize_with = "kiln_core::config::key::file")]` (and `files`, `path_or_tree`,
+///   `args`): by the content digest of the file or tree it names, never its path alone.
+///
+/// Digests are markers (`{"$kiln-path-digest": path}`) the engine replaces when it computes the
+/// key, so a missing file is an error there, with the build's context.
+pub mod key {
+    use serde::ser::{SerializeMap, SerializeSeq};
+    use serde::Serializer;
+    use std::path::Path;
+
+    /// The marker key the engine resolves to a content digest.
+    pub const PATH_DIGEST: &str = "$kiln-path-digest";
+
+    fn marker<S: Serializer>(p: &str, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry(PATH_DIGEST, p)?;
+        m.end()
+    }
+
+    /// A file that must exist: its content digest.
+    pub fn file<S: Serializer, T: AsRef<str>>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(p) => marker(p.as_ref(), s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// A file or directory: its content (tree) digest when it exists, else its path (the
+    /// build stops on it before anything boots).
+    pub fn path_or_tree<S: Serializer, T: AsRef<str>>(
+        v: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(p) if Path::new(p.as_ref()).exists() => marker(p.as_ref(), s),
+            Some(p) => s.serialize_str(p.as_ref()),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// A list of files or directories, each by content when it exists.
+    pub fn files<S: Serializer, T: AsRef<str>>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        struct One<'a>(&'a str);
+        impl serde::Serialize for One<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                path_or_tree(&Some(self.0), s)
+            }
+        }
+        let mut q = s.serialize_seq(Some(v.len()))?;
+        for p in v {
+            q.serialize_element(&One(p.as_ref()))?;
+        }
+        q.end()
+    }
+
+    /// Command-line arguments: an argument that names an existing file (`/…` or `./…`) counts
+    /// by the file's content.
+    pub fn arg<S: Serializer>(a: &str, s: S) -> Result<S::Ok, S::Error> {
+        if (a.starts_with('/') || a.starts_with('.')) && Path::new(a).is_file() {
+            marker(a, s)
+        } else {
+            s.serialize_str(a)
+        }
+    }
+
+    /// A list of arguments (`qemu_extra_args`).
+    pub fn args<S: Serializer, T: AsRef<str>>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        struct One<'a>(&'a str);
+        impl serde::Serialize for One<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                arg(self.0, s)
+            }
+        }
+        let mut q = s.serialize_seq(Some(v.len()))?;
+        for a in v {
+            q.serialize_element(&One(a.as_ref()))?;
+        }
+        q.end()
+    }
+
+    /// A list of argument lists (`qemuargs`).
+    pub fn arg_lists<S: Serializer, T: AsRef<str>>(v: &[Vec<T>], s: S) -> Result<S::Ok, S::Error> {
+        struct One<'a, T>(&'a [T]);
+        impl<T: AsRef<str>> serde::Serialize for One<'_, T> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                args(self.0, s)
+            }
+        }
+        let mut q = s.serialize_seq(Some(v.len()))?;
+        for a in v {
+            q.serialize_element(&One(a))?;
+        }
+        q.end()
     }
 }
 
@@ -350,6 +671,53 @@ mod tests {
             .expect_err("bad type rejected")
             .to_string();
         assert!(text.contains("invalid value for \"memory\""), "{text}");
+    }
+
+    #[test]
+    fn sizes_parse_like_packer_disk_size() {
+        let size = |s: &str| s.parse::<ByteSize>().map(|b| b.0);
+        assert_eq!(size("10240"), Ok(10240 << 20));
+        assert_eq!(size("10G"), Ok(10 << 30));
+        assert_eq!(size("512MiB"), Ok(512 << 20));
+        assert!(size("ten").is_err());
+        assert!(size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn ranges_and_choices_are_checked_where_the_value_is_read() {
+        #[derive(Deserialize, Debug, Default)]
+        #[serde(default)]
+        struct C {
+            port: Option<Port>,
+            cpus: Option<Count>,
+            mode: Option<Mode>,
+        }
+        crate::choice! { enum Mode { Fast = "fast", Safe = "safe" } }
+        let c = comp(&[
+            ("port", "8080".into()),
+            ("cpus", 2.into()),
+            ("mode", "safe".into()),
+        ]);
+        let cfg: C = decode(&c, &[]).expect("decodes");
+        assert_eq!(cfg.port, Some(Port(8080)));
+        assert_eq!(cfg.cpus, Some(Count(2)));
+        assert_eq!(cfg.mode, Some(Mode::Safe));
+        // Every bad value is reported at once, each with its range or names.
+        let c = comp(&[
+            ("port", 70000.into()),
+            ("cpus", 0.into()),
+            ("mode", "fastt".into()),
+        ]);
+        let text = decode::<C>(&c, &[]).expect_err("rejected").to_string();
+        assert!(text.contains("invalid value for \"port\": 70000 is out of range: it must be 1 to 65535 (a TCP port)"), "{text}");
+        assert!(
+            text.contains("invalid value for \"cpus\": 0 is out of range: it must be 1 to 1024"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"fastt\" is not one of fast, safe (did you mean \"fast\"?)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -167,8 +167,7 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
             opts.store.secret().map_err(store_err)?
         }
     };
-    let key_inputs =
-        resolve_text_digests(cache_key_inputs(job, em, cancel)?, &job.secrets, &secret);
+    let key_inputs = resolve_markers(cache_key_inputs(job, em, cancel)?, &job.secrets, &secret)?;
     let key = cache_key(&key_inputs, &job.secrets, &secret);
     em.debug(format!("cache key {key}"));
     if !opts.force {
@@ -389,40 +388,50 @@ fn cache_key_inputs(job: &Job, em: &Emitter, cancel: &Cancel) -> Result<serde_js
 }
 
 /// Replaces each `text_digest` marker with the text's sha256 (hex), or `hmac:<hex>` under the
-/// cache secret when the text holds a sensitive value.
-fn resolve_text_digests(v: serde_json::Value, secrets: &[String], key: &[u8]) -> serde_json::Value {
+/// cache secret when the text holds a sensitive value; and each path marker
+/// (`config::key::PATH_DIGEST`) with the content digest of the file or tree it names.
+fn resolve_markers(
+    v: serde_json::Value,
+    secrets: &[String],
+    key: &[u8],
+) -> Result<serde_json::Value> {
     use serde_json::Value;
-    match v {
+    Ok(match v {
         Value::Object(m) => {
             if m.len() == 1 {
                 if let Some(Value::String(t)) = m.get(crate::TEXT_DIGEST) {
                     let secret = secrets
                         .iter()
                         .any(|s| !s.is_empty() && t.contains(s.as_str()));
-                    return Value::String(if secret {
+                    return Ok(Value::String(if secret {
                         format!("hmac:{}", kiln_store::hmac_sha256(key, t.as_bytes()))
                     } else {
                         kiln_template::sha256_hex(t.as_bytes())
-                    });
+                    }));
+                }
+                if let Some(Value::String(p)) = m.get(crate::config::key::PATH_DIGEST) {
+                    return Ok(Value::String(crate::digest_path(std::path::Path::new(p))?));
                 }
             }
             Value::Object(
                 m.into_iter()
-                    .map(|(k, x)| (k, resolve_text_digests(x, secrets, key)))
-                    .collect(),
+                    .map(|(k, x)| Ok((k, resolve_markers(x, secrets, key)?)))
+                    .collect::<Result<_>>()?,
             )
         }
         Value::Array(a) => Value::Array(
             a.into_iter()
-                .map(|x| resolve_text_digests(x, secrets, key))
-                .collect(),
+                .map(|x| resolve_markers(x, secrets, key))
+                .collect::<Result<_>>()?,
         ),
         other => other,
-    }
+    })
 }
 
 /// Bump when what goes into a key changes meaning.
-const CACHE_EPOCH: &str = "kiln-cache-1";
+/// `kiln-cache-2`: builder options enter the key as the builder's resolved settings (every
+/// option that can change the disk, defaults applied), not a hand-kept list.
+const CACHE_EPOCH: &str = "kiln-cache-2";
 
 /// sha256 over canonical JSON (sorted keys). Sensitive values enter only as an HMAC under the
 /// store's secret, so the key reveals nothing about them.
@@ -744,8 +753,8 @@ mod tests {
     fn text_digests_are_sha256_unless_the_text_holds_a_secret() {
         let inputs = serde_json::json!({"scripts": [crate::text_digest("echo hi"), crate::text_digest("curl -u me:tok-123456 x")]});
         let secrets = vec!["tok-123456".to_string()];
-        let a = resolve_text_digests(inputs.clone(), &secrets, b"key-a");
-        let b = resolve_text_digests(inputs.clone(), &secrets, b"key-b");
+        let a = resolve_markers(inputs.clone(), &secrets, b"key-a").expect("resolves");
+        let b = resolve_markers(inputs.clone(), &secrets, b"key-b").expect("resolves");
         // Plain text: its sha256, the same everywhere (cache keys of old stores still match).
         assert_eq!(a["scripts"][0], kiln_template::sha256_hex(b"echo hi"));
         assert_eq!(a["scripts"][0], b["scripts"][0]);
@@ -760,12 +769,12 @@ mod tests {
         // The cache key depends on the cache secret only through sensitive values.
         let plain = serde_json::json!({"s": crate::text_digest("echo hi")});
         let k1 = cache_key(
-            &resolve_text_digests(plain.clone(), &secrets, b"key-a"),
+            &resolve_markers(plain.clone(), &secrets, b"key-a").expect("resolves"),
             &secrets,
             b"key-a",
         );
         let k2 = cache_key(
-            &resolve_text_digests(plain, &secrets, b"key-b"),
+            &resolve_markers(plain, &secrets, b"key-b").expect("resolves"),
             &secrets,
             b"key-b",
         );

@@ -213,6 +213,18 @@ pub trait Machine: Send {
     fn shutdown(self: Box<Self>, em: &Emitter, cancel: &Cancel, dest: &Path) -> Result<Artifact>;
 }
 
+/// A base image kiln resolved for a builder before it runs (an `oci://` reference pulled into
+/// the store): the builder boots `path` and verifies it against `digest`. Builders get it through
+/// their table row's `base_option` (the option that may name an `oci://` base).
+#[derive(Debug, Clone)]
+pub struct ResolvedBase {
+    pub path: PathBuf,
+    /// `sha256:…` of the disk.
+    pub digest: String,
+    /// What the template named, and the image it resolved to (for the manifest).
+    pub source: String,
+}
+
 /// What a build produced.
 #[derive(Debug, Clone)]
 pub struct Artifact {

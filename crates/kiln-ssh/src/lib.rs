@@ -10,10 +10,14 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transfer {
-    Scp,
-    Sftp,
+pub mod options;
+
+kiln_core::choice! {
+    /// How files reach the guest (`ssh_file_transfer_method`).
+    pub enum Transfer {
+        Scp = "scp",
+        Sftp = "sftp",
+    }
 }
 
 /// Everything needed to reach the guest.

@@ -1,0 +1,288 @@
+//! The SSH communicator's options, named as in Packer (`ssh_*`, `temporary_key_pair_*`, and the
+//! `winrm_*` names Windows templates carry), declared once here for every builder that connects
+//! over SSH. `resolve` turns them into an `SshConfig` and reports every problem at its attribute.
+
+use crate::{SshConfig, Transfer};
+use kiln_core::config::{Attempts, Dur, Flag, Num, Port, Text};
+use kiln_template::{Component, Diagnostic, Diagnostics};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+kiln_core::choice! {
+    /// How kiln reaches the guest (`communicator`).
+    pub enum CommunicatorKind {
+        Ssh = "ssh",
+        None = "none",
+        Winrm = "winrm",
+    }
+}
+
+kiln_core::choice! {
+    /// The temporary key pair's type (`temporary_key_pair_type`).
+    pub enum KeyType {
+        Ed25519 = "ed25519",
+        Rsa = "rsa",
+        Ecdsa = "ecdsa",
+        Dsa = "dsa",
+    }
+}
+
+/// The communicator table: every communicator a template can name, and whether kiln has it.
+pub const COMMUNICATORS: &[(CommunicatorKind, bool)] = &[
+    (CommunicatorKind::Ssh, true),
+    (CommunicatorKind::None, true),
+    (CommunicatorKind::Winrm, false),
+];
+
+/// `Serialize` is the cache key's view: only `ssh_username` (the user provisioners run as)
+/// can change the disk; credentials, timeouts and ports cannot.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SshOptions {
+    /// How kiln reaches the guest: `ssh` (default) or `none` (no provisioners that need a
+    /// connection; the guest powers itself off). `winrm` is not built in.
+    #[serde(skip_serializing)]
+    pub communicator: Option<CommunicatorKind>,
+    /// Where to connect; default 127.0.0.1 (the forwarded port of QEMU's user network).
+    #[serde(skip_serializing)]
+    pub ssh_host: Option<Text>,
+    /// The guest's SSH port (default 22); the host side is forwarded by QEMU.
+    #[serde(skip_serializing)]
+    pub ssh_port: Option<Port>,
+    /// The user to log in as (required with `communicator = "ssh"`).
+    pub ssh_username: Option<Text>,
+    /// Password authentication. Sensitive: never logged.
+    #[serde(skip_serializing)]
+    pub ssh_password: Option<Text>,
+    /// A private key file to authenticate with.
+    #[serde(skip_serializing)]
+    pub ssh_private_key_file: Option<Text>,
+    /// How long to keep trying to connect (default 5m).
+    #[serde(skip_serializing)]
+    pub ssh_timeout: Option<Dur>,
+    /// Deprecated name of `ssh_timeout`.
+    #[serde(skip_serializing)]
+    pub ssh_wait_timeout: Option<Dur>,
+    /// Handshakes to try on a guest that answers but fails them (default 10).
+    #[serde(skip_serializing)]
+    pub ssh_handshake_attempts: Option<Attempts>,
+    /// Request a pseudo-terminal for commands.
+    #[serde(skip_serializing)]
+    pub ssh_pty: Option<Flag>,
+    /// `scp` (default) or `sftp`; kiln falls back to `cat >` when the guest has neither.
+    #[serde(skip_serializing)]
+    pub ssh_file_transfer_method: Option<Transfer>,
+    /// Interval of SSH keep-alive messages (default 5s).
+    #[serde(skip_serializing)]
+    pub ssh_keep_alive_interval: Option<Dur>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_read_write_timeout: Option<Dur>,
+    /// Remove the temporary key from `~/.ssh/authorized_keys` before shutdown.
+    #[serde(skip_serializing)]
+    pub ssh_clear_authorized_keys: Option<Flag>,
+    /// kiln extension: the host key the guest must present (`SHA256:…` or a public key line).
+    #[serde(skip_serializing)]
+    pub ssh_host_key: Option<Text>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_agent_auth: Option<Flag>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_disable_agent_forwarding: Option<Flag>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_ciphers: Option<Vec<Text>>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_key_exchange_algorithms: Option<Vec<Text>>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_certificate_file: Option<Text>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_bastion_host: Option<Text>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_bastion_port: Option<Port>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_bastion_username: Option<Text>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_bastion_password: Option<Text>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_bastion_private_key_file: Option<Text>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_proxy_host: Option<Text>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_proxy_port: Option<Port>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_remote_tunnels: Option<Vec<Text>>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_local_tunnels: Option<Vec<Text>>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub ssh_keypair_name: Option<Text>,
+    /// The temporary key pair's type when no password or key is given (default ed25519).
+    #[serde(skip_serializing)]
+    pub temporary_key_pair_type: Option<KeyType>,
+    /// The temporary key pair's size in bits (rsa, ecdsa).
+    #[serde(skip_serializing)]
+    pub temporary_key_pair_bits: Option<Num>,
+    /// Accepted; not acted on yet.
+    #[serde(skip_serializing)]
+    pub temporary_key_pair_name: Option<Text>,
+    /// Wait this long after connecting before the first provisioner.
+    #[serde(skip_serializing)]
+    pub pause_before_ssh: Option<Dur>,
+    /// Accepted so Windows templates validate; the winrm communicator is not built in.
+    #[serde(skip_serializing)]
+    pub winrm_username: Option<Text>,
+    /// Accepted so Windows templates validate; the winrm communicator is not built in.
+    #[serde(skip_serializing)]
+    pub winrm_password: Option<Text>,
+    /// Accepted so Windows templates validate; the winrm communicator is not built in.
+    #[serde(skip_serializing)]
+    pub winrm_host: Option<Text>,
+    /// Accepted so Windows templates validate; the winrm communicator is not built in.
+    #[serde(skip_serializing)]
+    pub winrm_port: Option<Port>,
+    /// Accepted so Windows templates validate; the winrm communicator is not built in.
+    #[serde(skip_serializing)]
+    pub winrm_timeout: Option<Dur>,
+    /// Accepted so Windows templates validate; the winrm communicator is not built in.
+    #[serde(skip_serializing)]
+    pub winrm_use_ssl: Option<Flag>,
+    /// Accepted so Windows templates validate; the winrm communicator is not built in.
+    #[serde(skip_serializing)]
+    pub winrm_insecure: Option<Flag>,
+    /// Accepted so Windows templates validate; the winrm communicator is not built in.
+    #[serde(skip_serializing)]
+    pub winrm_use_ntlm: Option<Flag>,
+}
+
+/// Options accepted for compatibility that kiln does not act on yet (named in a warning).
+pub const INERT: &[&str] = &[
+    "ssh_agent_auth",
+    "ssh_disable_agent_forwarding",
+    "ssh_ciphers",
+    "ssh_key_exchange_algorithms",
+    "ssh_certificate_file",
+    "ssh_bastion_host",
+    "ssh_bastion_port",
+    "ssh_bastion_username",
+    "ssh_bastion_password",
+    "ssh_bastion_private_key_file",
+    "ssh_proxy_host",
+    "ssh_proxy_port",
+    "ssh_remote_tunnels",
+    "ssh_local_tunnels",
+    "ssh_keypair_name",
+    "temporary_key_pair_name",
+    "ssh_read_write_timeout",
+];
+
+/// What the communicator options resolve to.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub kind: CommunicatorKind,
+    /// `None` with `communicator = "none"`.
+    pub ssh: Option<SshConfig>,
+    /// No key or password given: kiln makes a key pair of this type (and bits) for the build.
+    pub temp_key: Option<(KeyType, Option<u64>)>,
+    pub clear_authorized_keys: bool,
+    pub pause_before: Option<Duration>,
+}
+
+impl SshOptions {
+    /// Packer's defaults applied; every problem reported at its attribute.
+    pub fn resolve(&self, c: &Component) -> Result<Resolved, Diagnostics> {
+        let mut d = Diagnostics::default();
+        let mut err = |key: &str, msg: String, hint: Option<&str>| {
+            let mut x = Diagnostic::error(msg, Some(c.span_of(key).clone()));
+            if let Some(h) = hint {
+                x = x.with_hint(h);
+            }
+            d.push(x);
+        };
+        let kind = self.communicator.unwrap_or(CommunicatorKind::Ssh);
+        if !COMMUNICATORS.iter().any(|(k, have)| *k == kind && *have) {
+            err(
+                "communicator",
+                format!("the {kind} communicator is not built into kiln"),
+                Some("use communicator = \"ssh\" or \"none\""),
+            );
+        }
+        let t = |o: &Option<Text>| o.as_ref().map(|t| t.0.clone());
+        let ssh = (kind == CommunicatorKind::Ssh).then(|| SshConfig {
+            host: t(&self.ssh_host).unwrap_or_else(|| "127.0.0.1".into()),
+            port: self.ssh_port.map_or(22, |p| p.0),
+            user: t(&self.ssh_username).unwrap_or_default(),
+            password: t(&self.ssh_password),
+            private_key_file: t(&self.ssh_private_key_file).map(PathBuf::from),
+            timeout: self
+                .ssh_timeout
+                .or(self.ssh_wait_timeout)
+                .map_or(Duration::from_secs(300), |d| d.0),
+            handshake_attempts: self.ssh_handshake_attempts.map_or(10, |n| n.0),
+            pty: self.ssh_pty.is_some_and(|f| f.0),
+            transfer: self.ssh_file_transfer_method.unwrap_or(Transfer::Scp),
+            keep_alive: self
+                .ssh_keep_alive_interval
+                .map_or(Duration::from_secs(5), |d| d.0),
+            host_key: t(&self.ssh_host_key),
+        });
+        if let Some(cfg) = &ssh {
+            if self.ssh_username.is_none() {
+                d.push(
+                    Diagnostic::error(
+                        "ssh_username is required with the ssh communicator",
+                        Some(c.span.clone()),
+                    )
+                    .with_hint("add ssh_username = \"root\" (or the guest's user)"),
+                );
+            }
+            if let Some(key) = &cfg.private_key_file {
+                if let Err(e) = std::fs::File::open(key) {
+                    d.push(Diagnostic::error(
+                        format!("ssh_private_key_file {} cannot be read: {e}", key.display()),
+                        Some(c.span_of("ssh_private_key_file").clone()),
+                    ));
+                }
+            }
+            if let Some(k) = cfg.host_key.as_deref() {
+                if let Err(m) = crate::host_key_fingerprint(k) {
+                    d.push(Diagnostic::error(
+                        m,
+                        Some(c.span_of("ssh_host_key").clone()),
+                    ));
+                }
+            }
+        }
+        if d.has_errors() {
+            return Err(d);
+        }
+        Ok(Resolved {
+            kind,
+            temp_key: ssh
+                .as_ref()
+                .filter(|c| c.password.is_none() && c.private_key_file.is_none())
+                .map(|_| {
+                    (
+                        self.temporary_key_pair_type.unwrap_or(KeyType::Ed25519),
+                        self.temporary_key_pair_bits.map(|b| b.0),
+                    )
+                }),
+            ssh,
+            clear_authorized_keys: self.ssh_clear_authorized_keys.is_some_and(|f| f.0),
+            pause_before: self.pause_before_ssh.map(|d| d.0),
+        })
+    }
+}
