@@ -99,7 +99,7 @@ impl PostProcessor for Manifest {
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(fill(v, cx.vars))))
             .collect();
-        for (k, v) in &a.data {
+        for (k, v) in &a.facts() {
             custom
                 .entry(format!("kiln_{k}"))
                 .or_insert_with(|| serde_json::Value::String(v.clone()));
@@ -193,10 +193,10 @@ impl PostProcessor for Checksum {
                     "md5" => kiln_core::hash_file_hex::<md5::Md5>(f)?,
                     "sha224" => kiln_core::hash_file_hex::<sha2::Sha224>(f)?,
                     "sha256" => a
-                        .data
-                        .get("disk_sha256")
+                        .image
+                        .as_ref()
                         .filter(|_| a.files.len() == 1)
-                        .cloned()
+                        .map(|i| i.disk_digest.trim_start_matches("sha256:").to_string())
                         .map_or_else(|| kiln_core::hash_file_hex::<sha2::Sha256>(f), Ok)?,
                     "sha384" => kiln_core::hash_file_hex::<sha2::Sha384>(f)?,
                     "sha1" => kiln_core::hash_file_hex::<sha1::Sha1>(f)?,
@@ -458,7 +458,7 @@ impl PostProcessor for Vagrant {
             .files
             .first()
             .ok_or_else(|| Error::failed("vagrant: the build produced no disk"))?;
-        if a.data.get("format").is_some_and(|f| f != "qcow2") {
+        if a.disk.as_ref().is_some_and(|d| d.format != "qcow2") {
             return Err(Error::failed(
                 "vagrant: libvirt boxes need a qcow2 disk; set format = \"qcow2\"",
             ));
@@ -472,11 +472,7 @@ impl PostProcessor for Vagrant {
         let work = kiln_core::workdir::WorkDir::create(&std::env::temp_dir(), "kiln-box")?;
         let dir = work.path().to_path_buf();
         kiln_core::workdir::copy_file(disk, &dir.join("box.img"))?;
-        let vsize: u64 = a
-            .data
-            .get("virtual_size")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let vsize: u64 = a.disk.as_ref().map_or(0, |d| d.virtual_size);
         let gib = vsize.div_ceil(1 << 30).max(1);
         let meta =
             serde_json::json!({"provider": "libvirt", "format": "qcow2", "virtual_size": gib});

@@ -19,7 +19,10 @@ use config::{decode_all, Accelerator, Settings};
 use kiln_core::cancel::HookGuard;
 use kiln_core::process::Guarded;
 use kiln_core::workdir::WorkDir;
-use kiln_core::{Artifact, Builder, Cancel, Communicator, Emitter, Error, Machine, Result};
+use kiln_core::{
+    BaseRef, BuildMeta, Builder, Built, Cancel, Communicator, Emitter, Error, Machine, Output,
+    Publish, Result,
+};
 use kiln_ssh::SshComm;
 use kiln_template::{Component, Diagnostics};
 use std::collections::BTreeMap;
@@ -170,8 +173,11 @@ impl Builder for QemuBuilder {
         "qemu"
     }
 
-    fn output(&self) -> (PathBuf, String) {
-        (self.s.output_directory.clone(), self.s.vm_name.clone())
+    fn publish(&self) -> Option<Publish> {
+        Some(Publish {
+            dir: self.s.output_directory.clone(),
+            file_name: self.s.vm_name.clone(),
+        })
     }
 
     fn key_inputs(&self, em: &Emitter, cancel: &Cancel) -> Result<serde_json::Value> {
@@ -789,12 +795,7 @@ impl Machine for QemuMachine {
         }
     }
 
-    fn shutdown(
-        mut self: Box<Self>,
-        em: &Emitter,
-        cancel: &Cancel,
-        dest: &Path,
-    ) -> Result<Artifact> {
+    fn shutdown(mut self: Box<Self>, em: &Emitter, cancel: &Cancel, dest: &Path) -> Result<Built> {
         let t0 = Instant::now();
         if let (true, Some(comment), Some(comm)) = (
             self.s.comm.clear_authorized_keys,
@@ -879,28 +880,25 @@ impl Machine for QemuMachine {
             self.s.cfg.format,
             t1.elapsed().as_secs_f64()
         ));
-        let mut data = BTreeMap::new();
-        data.insert("format".into(), self.s.cfg.format.to_string());
-        data.insert("accelerator".into(), self.accel.clone());
-        data.insert("base_sha256".into(), self.base_sha256.clone());
-        data.insert(
-            "base_source".into(),
-            self.s
-                .base_source
-                .clone()
-                .unwrap_or_else(|| self.s.base_url.clone()),
-        );
-        data.insert("virtual_size".into(), vsize.to_string());
-        data.insert("qemu_version".into(), self.qemu_version.clone());
-        data.insert("vm_name".into(), self.s.vm_name.clone());
-        if let Some(k) = &self.host_key {
-            data.insert("ssh_host_key".into(), k.clone());
-        }
-        Ok(Artifact {
-            builder_type: "qemu".into(),
-            files: vec![target],
-            id: String::new(),
-            data,
+        Ok(Built {
+            output: Output::Disk {
+                path: target,
+                format: self.s.cfg.format.to_string(),
+                virtual_size: vsize,
+            },
+            meta: BuildMeta {
+                base: Some(BaseRef {
+                    source: self
+                        .s
+                        .base_source
+                        .clone()
+                        .unwrap_or_else(|| self.s.base_url.clone()),
+                    digest: format!("sha256:{}", self.base_sha256),
+                }),
+                accelerator: Some(self.accel.clone()),
+                qemu_version: Some(self.qemu_version.clone()),
+                ssh_host_key: self.host_key.clone(),
+            },
         })
     }
 }

@@ -694,6 +694,7 @@ fn build(
         cache_required: cache.required,
         cache_secret: cache.secret,
         store,
+        retry_wait: std::time::Duration::from_secs(1),
     };
     let outcomes = engine::run(prepared.jobs, &run_opts, sink, &cancel);
     let mut summary = String::from("\n==> builds finished:\n");

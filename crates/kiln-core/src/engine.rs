@@ -4,8 +4,8 @@
 
 use crate::events::{EventKind, Sink};
 use crate::{
-    Artifact, Builder, Cancel, Communicator, Emitter, Error, Machine, PostProcessor, Provisioner,
-    Result, StepCx,
+    Artifact, BaseRef, BuildMeta, Builder, Cancel, Communicator, DiskInfo, Emitter, Error, Machine,
+    Output, PostProcessor, Provisioner, Publish, Result, StepCx, StoredImage,
 };
 use kiln_store::Store;
 use std::collections::{BTreeMap, VecDeque};
@@ -74,6 +74,8 @@ pub struct RunOptions {
     /// in cache keys, so every runner computes the same key. Without it, the store's own secret.
     pub cache_secret: Option<Vec<u8>>,
     pub store: Arc<Store>,
+    /// The first retry's wait (`max_retries`); each later one doubles it, up to 30 times it.
+    pub retry_wait: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -139,9 +141,7 @@ fn run_job(job: Job, opts: &RunOptions, sink: Sink, cancel: &Cancel) -> Outcome 
         seconds,
         artifact: artifact.as_ref().map(|a| a.id.clone()),
     });
-    let cached = artifact
-        .as_ref()
-        .is_some_and(|a| a.data.get("cached").is_some_and(|c| c == "true"));
+    let cached = artifact.as_ref().is_some_and(|a| a.cached);
     Outcome {
         name: job.name,
         ok,
@@ -153,10 +153,118 @@ fn run_job(job: Job, opts: &RunOptions, sink: Sink, cancel: &Cancel) -> Outcome 
     }
 }
 
+/// A job's cache key and the inputs it was computed from (they go into the manifest).
+struct Keyed {
+    key: String,
+    inputs: serde_json::Value,
+}
+
+/// One provisioner that ran, for the manifest.
+type StepRecord = serde_json::Value;
+
+/// The phases in order; each takes and returns typed values. A builder without a disk
+/// (`publish() == None`) has no key, store or publish phase: it provisions and post-processes.
 fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<Artifact> {
     let started = crate::now_rfc3339();
     job.builder.preflight(opts.force)?;
-    let (out_dir, vm_name) = job.builder.output();
+    let publish = job.builder.publish();
+    let keyed = match &publish {
+        Some(p) => {
+            let k = key(job, opts, em, cancel)?;
+            if let Some(a) = lookup(job, opts, em, cancel, &k, p)? {
+                post_process(job, opts, em, cancel, &BTreeMap::new(), &a)?;
+                return Ok(a);
+            }
+            if p.dir.exists() && !opts.force {
+                return Err(Error::failed(format!(
+                    "output directory {} already exists: remove it or rerun with -force",
+                    p.dir.display()
+                )));
+            }
+            Some(k)
+        }
+        None => None,
+    };
+    cancel.check()?;
+    em.phase("launch");
+    let machine = job.builder.launch(em, cancel)?;
+    let vars = machine.vars().clone();
+    let (machine, records) = provision(job, opts, em, cancel, machine, keyed.as_ref(), &vars)?;
+    cancel.check()?;
+    em.phase("shutdown");
+    let tmp = opts.store.temp_dir().map_err(store_err)?;
+    let built = machine.shutdown(em, cancel, tmp.path())?;
+    cancel.check()?;
+    let artifact = match (built.output, publish, keyed) {
+        (
+            Output::Disk {
+                path,
+                format,
+                virtual_size,
+            },
+            Some(p),
+            Some(k),
+        ) => {
+            let disk = Disk {
+                path,
+                format,
+                virtual_size,
+            };
+            let image = store(job, opts, em, &k, &p, &disk, &built.meta, records, &started)?;
+            drop(tmp);
+            share(opts, em, &k, &image);
+            let files = publish_phase(opts, em, cancel, &image, &p)?;
+            Artifact {
+                builder_type: job.builder.kind().to_string(),
+                files,
+                id: image.id.clone(),
+                disk: Some(DiskInfo {
+                    format: disk.format,
+                    virtual_size: disk.virtual_size,
+                }),
+                image: Some(image),
+                cached: false,
+                meta: built.meta,
+            }
+        }
+        (Output::Disk { .. }, _, _) => {
+            return Err(Error::failed(format!(
+                "the {} builder made a disk but names no output_directory for it",
+                job.builder.kind()
+            )))
+        }
+        (Output::Nothing, _, _) => Artifact {
+            builder_type: job.builder.kind().to_string(),
+            files: Vec::new(),
+            id: String::new(),
+            disk: None,
+            image: None,
+            cached: false,
+            meta: built.meta,
+        },
+        (Output::Remote { id }, _, _) => Artifact {
+            builder_type: job.builder.kind().to_string(),
+            files: Vec::new(),
+            id,
+            disk: None,
+            image: None,
+            cached: false,
+            meta: built.meta,
+        },
+    };
+    post_process(job, opts, em, cancel, &vars, &artifact)?;
+    Ok(artifact)
+}
+
+/// The disk a builder left in the store's temp dir.
+struct Disk {
+    path: PathBuf,
+    format: String,
+    virtual_size: u64,
+}
+
+/// Phase `key`: the cache key from the builder's and provisioners' inputs.
+fn key(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<Keyed> {
     em.phase("key");
     let secret = match &opts.cache_secret {
         Some(s) => s.clone(),
@@ -167,77 +275,92 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
             opts.store.secret().map_err(store_err)?
         }
     };
-    let key_inputs = resolve_markers(cache_key_inputs(job, em, cancel)?, &job.secrets, &secret)?;
-    let key = cache_key(&key_inputs, &job.secrets, &secret);
+    let inputs = resolve_markers(cache_key_inputs(job, em, cancel)?, &job.secrets, &secret)?;
+    let key = cache_key(&inputs, &job.secrets, &secret);
     em.debug(format!("cache key {key}"));
-    if !opts.force {
-        // The local store first, then the shared cache.
-        let local = opts
-            .store
-            .lookup_key(&key)
-            .map_err(store_err)?
-            .map(|id| (id, "has the same inputs"));
-        let hit = match (local, &opts.remote) {
-            (Some(h), _) => Some(h),
-            (None, Some(remote)) => match remote.fetch(&key, &opts.store, em) {
-                Ok(found) => found.map(|id| {
-                    let _ = opts.store.tag(&id, &job.tag);
-                    (id, "was downloaded from the shared cache")
-                }),
-                Err(e) if !opts.cache_required && !matches!(e, Error::Cancelled) => {
-                    em.warn(format!(
-                        "{e}; building without it (--cache-required makes this an error)"
-                    ));
-                    None
-                }
-                Err(e) => return Err(e),
-            },
-            (None, None) => None,
-        };
-        if let Some((id, why)) = hit {
-            em.say(format!(
-                "up to date: image {} {why} (cache key {}); nothing to build",
-                kiln_store::short(&id),
-                &key[..19.min(key.len())]
-            ));
-            // Verify on read: a reused image is rehashed before it is handed out. (A just-built
-            // one is not: commit_image hashed it moments ago.)
-            if let Some(problem) = opts
-                .store
-                .verify(std::slice::from_ref(&id))
-                .map_err(store_err)?
-                .into_iter()
-                .next()
-            {
-                return Err(Error::failed(format!(
-                    "image store: {problem}; rebuild with -force"
-                )));
-            }
-            let mut artifact = materialize(
-                &opts.store,
-                &id,
-                &out_dir,
-                &vm_name,
-                job.builder.kind(),
-                false,
-                em,
-                cancel,
-            )?;
-            artifact.data.insert("cached".into(), "true".into());
-            post_process(job, opts, em, cancel, &BTreeMap::new(), &artifact)?;
-            return Ok(artifact);
-        }
+    Ok(Keyed { key, inputs })
+}
+
+/// Phase `lookup`: an image with the same key in the store, or else in the shared cache,
+/// verified and published; `None` when the job must build.
+fn lookup(
+    job: &Job,
+    opts: &RunOptions,
+    em: &Emitter,
+    cancel: &Cancel,
+    k: &Keyed,
+    p: &Publish,
+) -> Result<Option<Artifact>> {
+    if opts.force {
+        return Ok(None);
     }
-    if out_dir.exists() && !opts.force {
+    let local = opts
+        .store
+        .lookup_key(&k.key)
+        .map_err(store_err)?
+        .map(|id| (id, "has the same inputs"));
+    let hit = match (local, &opts.remote) {
+        (Some(h), _) => Some(h),
+        (None, Some(remote)) => match remote.fetch(&k.key, &opts.store, em) {
+            Ok(found) => found.map(|id| {
+                let _ = opts.store.tag(&id, &job.tag);
+                (id, "was downloaded from the shared cache")
+            }),
+            Err(e) if !opts.cache_required && !matches!(e, Error::Cancelled) => {
+                em.warn(format!(
+                    "{e}; building without it (--cache-required makes this an error)"
+                ));
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        (None, None) => None,
+    };
+    let Some((id, why)) = hit else {
+        return Ok(None);
+    };
+    em.say(format!(
+        "up to date: image {} {why} (cache key {}); nothing to build",
+        kiln_store::short(&id),
+        &k.key[..19.min(k.key.len())]
+    ));
+    // Verify on read: a reused image is rehashed before it is handed out. (A just-built one
+    // is not: commit_image hashed it moments ago.)
+    if let Some(problem) = opts
+        .store
+        .verify(std::slice::from_ref(&id))
+        .map_err(store_err)?
+        .into_iter()
+        .next()
+    {
         return Err(Error::failed(format!(
-            "output directory {} already exists: remove it or rerun with -force",
-            out_dir.display()
+            "image store: {problem}; rebuild with -force"
         )));
     }
-    cancel.check()?;
-    em.phase("launch");
-    let mut machine = job.builder.launch(em, cancel)?;
-    let vars = machine.vars().clone();
+    let (image, disk, meta) = stored_image(&opts.store, &id)?;
+    let files = publish_disk(&opts.store, &image, p, false, em, cancel)?;
+    Ok(Some(Artifact {
+        builder_type: job.builder.kind().to_string(),
+        files,
+        id,
+        disk,
+        image: Some(image),
+        cached: true,
+        meta,
+    }))
+}
+
+/// Phase `provision`: every provisioner in order (pause_before, retries, timeouts); a failure
+/// goes through -on-error and ends the build.
+fn provision(
+    job: &Job,
+    opts: &RunOptions,
+    em: &Emitter,
+    cancel: &Cancel,
+    mut machine: Box<dyn Machine>,
+    keyed: Option<&Keyed>,
+    vars: &BTreeMap<String, String>,
+) -> Result<(Box<dyn Machine>, Vec<StepRecord>)> {
     em.phase("provision");
     let total = job.provisioners.len();
     let mut records = Vec::new();
@@ -258,48 +381,49 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
             cancel.check()?;
         }
         let t = Instant::now();
-        let r = run_provisioner(p, machine.as_mut(), job, opts, em, cancel, &vars);
-        if let Err(e) = r {
-            return Err(on_failure(e, machine, job, opts, em, cancel, &vars));
+        if let Err(e) = run_provisioner(p, machine.as_mut(), job, opts, em, cancel, vars) {
+            return Err(on_failure(e, machine, job, opts, em, cancel, vars));
         }
         records.push(serde_json::json!({
             "type": p.step.kind(),
             "name": p.label,
-            "inputs": key_inputs["provisioners"][i]["inputs"],
+            "inputs": keyed.map_or(serde_json::Value::Null, |k| k.inputs["provisioners"][i]["inputs"].clone()),
             "exitStatus": 0,
             "seconds": (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         }));
     }
-    cancel.check()?;
-    em.phase("shutdown");
-    let tmp = opts.store.temp_dir().map_err(store_err)?;
-    let artifact = machine.shutdown(em, cancel, tmp.path())?;
-    cancel.check()?;
+    Ok((machine, records))
+}
+
+/// Phase `store`: the disk blob, the kiln manifest (config blob) and the OCI manifest, and the
+/// index entry, in one commit.
+#[allow(clippy::too_many_arguments)]
+fn store(
+    job: &Job,
+    opts: &RunOptions,
+    em: &Emitter,
+    k: &Keyed,
+    p: &Publish,
+    disk: &Disk,
+    meta: &BuildMeta,
+    records: Vec<StepRecord>,
+    started: &str,
+) -> Result<StoredImage> {
     em.phase("store");
-    let disk = artifact
-        .files
-        .first()
-        .cloned()
-        .ok_or_else(|| Error::failed("the builder produced no disk"))?;
-    let format = artifact
-        .data
-        .get("format")
-        .cloned()
-        .unwrap_or_else(|| "qcow2".into());
     let mut config = serde_json::json!({
         "schemaVersion": 1,
         "mediaType": kiln_store::CONFIG_TYPE,
         "name": job.name,
-        "cacheKey": key,
-        "disk": {"name": vm_name, "format": format, "virtualSize": artifact.data.get("virtual_size").and_then(|v| v.parse::<u64>().ok())},
-        "base": {"source": artifact.data.get("base_source"), "digest": artifact.data.get("base_sha256").map(|d| format!("sha256:{d}"))},
+        "cacheKey": k.key,
+        "disk": {"name": p.file_name, "format": disk.format, "virtualSize": disk.virtual_size},
+        "base": {"source": meta.base.as_ref().map(|b| &b.source), "digest": meta.base.as_ref().map(|b| &b.digest)},
         "template": job.template_meta,
         "builder": {
             "type": job.builder.kind(),
-            "inputs": key_inputs["builder"],
-            "qemuVersion": artifact.data.get("qemu_version"),
-            "accelerator": artifact.data.get("accelerator"),
-            "sshHostKey": artifact.data.get("ssh_host_key"),
+            "inputs": k.inputs["builder"],
+            "qemuVersion": meta.qemu_version,
+            "accelerator": meta.accelerator,
+            "sshHostKey": meta.ssh_host_key,
         },
         "provisioners": records,
         "kiln": {"version": env!("CARGO_PKG_VERSION")},
@@ -310,40 +434,57 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
     // A last guard: nothing sensitive is ever written into the store.
     let text = kiln_template::redact(&job.secrets, &config.to_string());
     config = serde_json::from_str(&text).map_err(|e| Error::failed(format!("manifest: {e}")))?;
-    let media = format!("application/vnd.kiln.disk.{format}");
+    let media = format!("application/vnd.kiln.disk.{}", disk.format);
     let (id, disk_ref) = opts
         .store
         .commit_image(&kiln_store::NewImage {
-            disk: &disk,
+            disk: &disk.path,
             disk_media_type: &media,
-            disk_title: &vm_name,
+            disk_title: &p.file_name,
             config: &config,
-            cache_key: Some(&key),
+            cache_key: Some(&k.key),
             tag: Some(&job.tag),
             created: &crate::now_rfc3339(),
         })
         .map_err(store_err)?;
-    drop(tmp);
     em.say(format!(
         "stored image {} (disk {}, {} bytes)",
         kiln_store::short(&id),
         kiln_store::short(&disk_ref.digest),
         disk_ref.size
     ));
+    Ok(StoredImage {
+        id,
+        disk_digest: disk_ref.digest,
+        disk_size: disk_ref.size,
+    })
+}
+
+/// Uploads a new image to the shared cache (--cache-to); a failure is a warning.
+fn share(opts: &RunOptions, em: &Emitter, k: &Keyed, image: &StoredImage) {
     if let Some(remote) = &opts.remote {
-        if let Err(e) = remote.publish(&key, &id, &opts.store, em) {
+        if let Err(e) = remote.publish(&k.key, &image.id, &opts.store, em) {
             em.warn(format!(
                 "the image was built but not uploaded to the shared cache: {e}"
             ));
         }
     }
-    // Cancelled once the commit is done: the image is whole in the store, but nothing is
-    // published (materialize checks again right before its rename).
+}
+
+/// Phase `publish` of a new image. Cancelled once the commit is done: the image is whole in
+/// the store, but nothing is published (publish_disk checks again right before its rename).
+fn publish_phase(
+    opts: &RunOptions,
+    em: &Emitter,
+    cancel: &Cancel,
+    image: &StoredImage,
+    p: &Publish,
+) -> Result<Vec<PathBuf>> {
     let stored_but_cancelled = || {
         em.say(format!(
             "cancelled after the store commit: image {} is whole in the store (see `kiln images`); nothing was published to {}",
-            kiln_store::short(&id),
-            out_dir.display()
+            kiln_store::short(&image.id),
+            p.dir.display()
         ));
         Error::Cancelled
     };
@@ -351,26 +492,52 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
         return Err(stored_but_cancelled());
     }
     em.phase("publish");
-    let mut published = match materialize(
-        &opts.store,
-        &id,
-        &out_dir,
-        &vm_name,
-        job.builder.kind(),
-        opts.force,
-        em,
-        cancel,
-    ) {
-        Err(Error::Cancelled) => return Err(stored_but_cancelled()),
-        r => r?,
-    };
-    published.data.extend(artifact.data);
-    post_process(job, opts, em, cancel, &vars, &published)?;
-    Ok(published)
+    match publish_disk(&opts.store, image, p, opts.force, em, cancel) {
+        Err(Error::Cancelled) => Err(stored_but_cancelled()),
+        r => r,
+    }
 }
 
 fn store_err(e: kiln_store::StoreError) -> Error {
     Error::failed(format!("image store: {e}"))
+}
+
+/// A stored image's disk layer, its disk (format, virtual size) and build facts, read from its
+/// manifest and kiln config.
+fn stored_image(store: &Store, id: &str) -> Result<(StoredImage, Option<DiskInfo>, BuildMeta)> {
+    let m = store.read_json(id).map_err(store_err)?;
+    let layer = &m["layers"][0];
+    let digest = layer["digest"]
+        .as_str()
+        .ok_or_else(|| Error::failed(format!("image {id} has no disk layer")))?
+        .to_string();
+    let image = StoredImage {
+        id: id.to_string(),
+        disk_digest: digest,
+        disk_size: layer["size"].as_u64().unwrap_or(0),
+    };
+    let config = m["config"]["digest"]
+        .as_str()
+        .and_then(|d| store.read_json(d).ok())
+        .unwrap_or_default();
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    let disk = text(&config["disk"]["format"]).map(|format| DiskInfo {
+        format,
+        virtual_size: config["disk"]["virtualSize"].as_u64().unwrap_or(0),
+    });
+    let meta = BuildMeta {
+        base: match (
+            text(&config["base"]["source"]),
+            text(&config["base"]["digest"]),
+        ) {
+            (Some(source), Some(digest)) => Some(BaseRef { source, digest }),
+            _ => None,
+        },
+        accelerator: text(&config["builder"]["accelerator"]),
+        qemu_version: text(&config["builder"]["qemuVersion"]),
+        ssh_host_key: text(&config["builder"]["sshHostKey"]),
+    };
+    Ok((image, disk, meta))
 }
 
 /// What decides whether an image must be rebuilt: the builder's disk-affecting inputs and every
@@ -489,50 +656,26 @@ pub fn cache_key(inputs: &serde_json::Value, secrets: &[String], store_secret: &
     )
 }
 
-/// Puts image `id`'s disk into output_directory (a copy, through a staging dir renamed into
-/// place). An existing output_directory that already holds this disk is left alone. The caller
-/// has verified the image.
-#[allow(clippy::too_many_arguments)] // folded into a publish phase struct by the structure issue (11)
-fn materialize(
+/// Puts the image's disk into output_directory (a copy, through a staging dir renamed into
+/// place); returns the published files. An existing output_directory that already holds this
+/// disk is left alone. The caller has verified the image.
+fn publish_disk(
     store: &Store,
-    id: &str,
-    out_dir: &std::path::Path,
-    vm_name: &str,
-    builder_type: &str,
+    image: &StoredImage,
+    p: &Publish,
     force: bool,
     em: &Emitter,
     cancel: &Cancel,
-) -> Result<Artifact> {
-    let m = store.read_json(id).map_err(store_err)?;
-    let layer = &m["layers"][0];
-    let digest = layer["digest"]
-        .as_str()
-        .ok_or_else(|| Error::failed(format!("image {id} has no disk layer")))?
-        .to_string();
-    let blob = store.blob_path(&digest).map_err(store_err)?;
-    let target = out_dir.join(vm_name);
-    let mut data = BTreeMap::new();
-    data.insert(
-        "disk_sha256".to_string(),
-        digest.trim_start_matches("sha256:").to_string(),
-    );
-    data.insert(
-        "disk_size".to_string(),
-        layer["size"].as_u64().unwrap_or(0).to_string(),
-    );
-    data.insert("image_id".to_string(), id.to_string());
-    let artifact = Artifact {
-        builder_type: builder_type.to_string(),
-        files: vec![target.clone()],
-        id: id.to_string(),
-        data,
-    };
+) -> Result<Vec<PathBuf>> {
+    let blob = store.blob_path(&image.disk_digest).map_err(store_err)?;
+    let out_dir = &p.dir;
+    let target = out_dir.join(&p.file_name);
     if out_dir.exists() {
-        let same =
-            target.is_file() && kiln_store::hash_file(&target).is_ok_and(|(d, _)| d == digest);
+        let same = target.is_file()
+            && kiln_store::hash_file(&target).is_ok_and(|(d, _)| d == image.disk_digest);
         if same {
             em.say(format!("{} already holds this image", out_dir.display()));
-            return Ok(artifact);
+            return Ok(vec![target]);
         }
         // An empty directory (e.g. a post-processor took the disk away) is simply refilled.
         let empty = std::fs::read_dir(out_dir).is_ok_and(|mut d| d.next().is_none());
@@ -558,7 +701,7 @@ fn materialize(
     let guard = crate::workdir::RemoveOnDrop::new(staging.clone());
     std::fs::write(staging.join("kiln.pid"), std::process::id().to_string())
         .map_err(|e| Error::io("cannot write to the staging directory", e))?;
-    let staged = staging.join(vm_name);
+    let staged = staging.join(&p.file_name);
     crate::workdir::copy_file(&blob, &staged)?;
     std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .map_err(|e| Error::io("cannot chmod the output image", e))?;
@@ -578,9 +721,9 @@ fn materialize(
     guard.disarm();
     em.emit(EventKind::Artifact {
         files: vec![target.display().to_string()],
-        id: id.to_string(),
+        id: image.id.clone(),
     });
-    Ok(artifact)
+    Ok(vec![target])
 }
 
 fn post_process(
@@ -681,12 +824,12 @@ fn run_provisioner(
             Err(e @ Error::Fatal(_)) => return Err(e),
             Err(e) if attempt < p.max_retries => {
                 attempt += 1;
-                let wait = Duration::from_secs((1u64 << attempt.min(5)).min(30));
+                let wait = (opts.retry_wait * (1u32 << attempt.min(5))).min(opts.retry_wait * 30);
                 em.warn(format!(
                     "{} failed ({e}); retry {attempt}/{} in {}s",
                     p.label,
                     p.max_retries,
-                    wait.as_secs()
+                    wait.as_secs_f64()
                 ));
                 cancel.sleep(wait)?;
             }
@@ -779,5 +922,569 @@ mod tests {
             b"key-b",
         );
         assert_eq!(k1, k2);
+    }
+}
+
+/// The engine's phases with a fake builder, machine, communicator and provisioner (the store is
+/// a real one in a temp dir): cache hits, retries, timeouts, -on-error modes, and cancellation
+/// in every phase, each checked for what a user relies on: what is in the store, what is in
+/// output_directory, and that the guest is gone.
+#[cfg(test)]
+mod phases {
+    use super::*;
+    use crate::{Built, Source};
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+    /// Where a fake cancels the run.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum At {
+        Never,
+        Launch,
+        Provision,
+        Shutdown,
+        /// After the store commit (from the shared cache's upload, which runs right after it).
+        Stored,
+    }
+
+    #[derive(Default)]
+    struct Counters {
+        launches: AtomicUsize,
+        live_machines: AtomicUsize,
+        provisions: AtomicUsize,
+        cleanups: AtomicUsize,
+    }
+
+    struct FakeBuilder {
+        c: Arc<Counters>,
+        out: PathBuf,
+        at: At,
+        input: String,
+    }
+
+    struct FakeMachine {
+        c: Arc<Counters>,
+        at: At,
+        comm: FakeComm,
+        vars: BTreeMap<String, String>,
+    }
+
+    impl Drop for FakeMachine {
+        fn drop(&mut self) {
+            self.c.live_machines.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Runs "sleep:MS" commands, honouring the step timeout as the SSH communicator does.
+    struct FakeComm {
+        timeout: Option<Duration>,
+    }
+
+    impl Communicator for FakeComm {
+        fn exec(&mut self, cmd: &str, _: &mut dyn FnMut(&str)) -> Result<i32> {
+            let ms: u64 = cmd
+                .strip_prefix("sleep:")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            let work = Duration::from_millis(ms);
+            match self.timeout {
+                Some(t) if t < work => {
+                    std::thread::sleep(t);
+                    Err(Error::failed("operation timed out"))
+                }
+                _ => {
+                    std::thread::sleep(work);
+                    Ok(0)
+                }
+            }
+        }
+        fn upload(&mut self, _: &Source<'_>, _: &str, _: u32) -> Result<()> {
+            Ok(())
+        }
+        fn download(&mut self, _: &str, _: &mut dyn std::io::Write) -> Result<()> {
+            Ok(())
+        }
+        fn set_timeout(&mut self, t: Option<Duration>) {
+            self.timeout = t;
+        }
+        fn reset(&mut self) {}
+    }
+
+    impl Builder for FakeBuilder {
+        fn kind(&self) -> &str {
+            "fake"
+        }
+        fn preflight(&self, _: bool) -> Result<()> {
+            Ok(())
+        }
+        fn publish(&self) -> Option<Publish> {
+            Some(Publish {
+                dir: self.out.clone(),
+                file_name: "disk.img".into(),
+            })
+        }
+        fn key_inputs(&self, _: &Emitter, _: &Cancel) -> Result<serde_json::Value> {
+            Ok(serde_json::json!({ "input": self.input }))
+        }
+        fn launch(&self, _: &Emitter, cancel: &Cancel) -> Result<Box<dyn Machine>> {
+            self.c.launches.fetch_add(1, SeqCst);
+            self.c.live_machines.fetch_add(1, SeqCst);
+            let m = FakeMachine {
+                c: self.c.clone(),
+                at: self.at,
+                comm: FakeComm { timeout: None },
+                vars: BTreeMap::new(),
+            };
+            if self.at == At::Launch {
+                cancel.cancel();
+                return Err(Error::Cancelled);
+            }
+            Ok(Box::new(m))
+        }
+    }
+
+    impl Machine for FakeMachine {
+        fn communicator(&mut self) -> Option<&mut dyn Communicator> {
+            Some(&mut self.comm)
+        }
+        fn vars(&self) -> &BTreeMap<String, String> {
+            &self.vars
+        }
+        fn access(&self) -> String {
+            "fake guest".into()
+        }
+        fn shutdown(self: Box<Self>, _: &Emitter, cancel: &Cancel, dest: &Path) -> Result<Built> {
+            let path = dest.join("disk.img");
+            std::fs::write(&path, b"a disk").map_err(|e| Error::io("fake disk", e))?;
+            if self.at == At::Shutdown {
+                cancel.cancel();
+            }
+            Ok(Built {
+                output: Output::Disk {
+                    path,
+                    format: "raw".into(),
+                    virtual_size: 6,
+                },
+                meta: BuildMeta {
+                    accelerator: Some("fake".into()),
+                    ..BuildMeta::default()
+                },
+            })
+        }
+    }
+
+    /// Fails its first `fail` runs; runs `cmd` on the communicator; cancels when told to.
+    struct FakeProv {
+        c: Arc<Counters>,
+        fail: AtomicUsize,
+        cmd: String,
+        cancel_run: AtomicBool,
+        cleanup: bool,
+    }
+
+    impl Provisioner for FakeProv {
+        fn kind(&self) -> &str {
+            "fake-step"
+        }
+        fn key_inputs(&self) -> Result<serde_json::Value> {
+            Ok(serde_json::json!({ "cmd": self.cmd }))
+        }
+        fn provision(&self, comm: Option<&mut dyn Communicator>, cx: &StepCx<'_>) -> Result<()> {
+            if self.cleanup {
+                self.c.cleanups.fetch_add(1, SeqCst);
+                return Ok(());
+            }
+            self.c.provisions.fetch_add(1, SeqCst);
+            if self.cancel_run.load(SeqCst) {
+                cx.cancel.cancel();
+                return Err(Error::Cancelled);
+            }
+            if self.fail.load(SeqCst) > 0 {
+                self.fail.fetch_sub(1, SeqCst);
+                return Err(Error::failed("step failed"));
+            }
+            let comm = comm.ok_or_else(|| Error::failed("no communicator"))?;
+            match comm.exec(&self.cmd, &mut |_| {})? {
+                0 => Ok(()),
+                n => Err(Error::failed(format!("exit {n}"))),
+            }
+        }
+    }
+
+    struct CancelAfterCommit(Cancel);
+
+    impl RemoteCache for CancelAfterCommit {
+        fn fetch(&self, _: &str, _: &Store, _: &Emitter) -> Result<Option<String>> {
+            Ok(None)
+        }
+        fn publish(&self, _: &str, _: &str, _: &Store, _: &Emitter) -> Result<()> {
+            self.0.cancel();
+            Ok(())
+        }
+    }
+
+    struct Env {
+        dir: PathBuf,
+        store: Arc<Store>,
+        c: Arc<Counters>,
+    }
+
+    impl Drop for Env {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn env(name: &str) -> Env {
+        let dir = std::env::temp_dir().join(format!("kiln-engine-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store = Arc::new(Store::open(&dir.join("store")).expect("store"));
+        Env {
+            dir,
+            store,
+            c: Arc::new(Counters::default()),
+        }
+    }
+
+    struct Spec {
+        at: At,
+        input: &'static str,
+        fail: usize,
+        retries: u32,
+        cmd: &'static str,
+        timeout: Option<Duration>,
+        cleanup: bool,
+        on_error: OnError,
+        force: bool,
+    }
+
+    impl Default for Spec {
+        fn default() -> Self {
+            Spec {
+                at: At::Never,
+                input: "a",
+                fail: 0,
+                retries: 0,
+                cmd: "sleep:0",
+                timeout: None,
+                cleanup: false,
+                on_error: OnError::Cleanup,
+                force: false,
+            }
+        }
+    }
+
+    fn step<T: ?Sized>(
+        label: &str,
+        step: Box<T>,
+        retries: u32,
+        timeout: Option<Duration>,
+    ) -> StepSpec<T> {
+        StepSpec {
+            label: label.into(),
+            pause_before: None,
+            max_retries: retries,
+            timeout,
+            keep_input_artifact: None,
+            step,
+        }
+    }
+
+    fn run_one(e: &Env, s: Spec, cancel: &Cancel) -> Outcome {
+        let prov = |cleanup: bool| FakeProv {
+            c: e.c.clone(),
+            fail: AtomicUsize::new(s.fail),
+            cmd: s.cmd.into(),
+            cancel_run: AtomicBool::new(s.at == At::Provision),
+            cleanup,
+        };
+        let job = Job {
+            name: "fake".into(),
+            builder: Box::new(FakeBuilder {
+                c: e.c.clone(),
+                out: e.dir.join("out"),
+                at: s.at,
+                input: s.input.into(),
+            }),
+            provisioners: vec![step(
+                "fake-step",
+                Box::new(prov(false)) as Box<dyn Provisioner>,
+                s.retries,
+                s.timeout,
+            )],
+            error_cleanup: s.cleanup.then(|| {
+                step(
+                    "cleanup",
+                    Box::new(prov(true)) as Box<dyn Provisioner>,
+                    0,
+                    None,
+                )
+            }),
+            post: Vec::new(),
+            secrets: Arc::new(Vec::new()),
+            template_dir: e.dir.clone(),
+            template_meta: serde_json::json!({}),
+            tag: "fake".into(),
+        };
+        let opts = RunOptions {
+            parallel: 1,
+            on_error: s.on_error,
+            force: s.force,
+            interactive: false,
+            ask: None,
+            pause: None,
+            remote: (s.at == At::Stored)
+                .then(|| Arc::new(CancelAfterCommit(cancel.clone())) as Arc<dyn RemoteCache>),
+            cache_required: false,
+            cache_secret: None,
+            store: e.store.clone(),
+            retry_wait: Duration::from_millis(1),
+        };
+        let sink: Sink = Arc::new(|_| {});
+        run(vec![job], &opts, sink, cancel).remove(0)
+    }
+
+    fn images(e: &Env) -> usize {
+        e.store.images().expect("index").len()
+    }
+
+    /// Nothing but the published directory (or nothing at all) beside the store.
+    fn leftovers(e: &Env) -> Vec<String> {
+        std::fs::read_dir(&e.dir)
+            .expect("dir")
+            .flatten()
+            .map(|d| d.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "store" && n != "out")
+            .collect()
+    }
+
+    #[test]
+    fn a_build_stores_and_publishes_and_the_same_inputs_are_a_cache_hit() {
+        let e = env("hit");
+        let first = run_one(&e, Spec::default(), &Cancel::new());
+        assert!(first.ok && !first.cached, "{:?}", first.error);
+        let a = first.artifact.as_ref().expect("artifact");
+        assert_eq!(a.files, vec![e.dir.join("out/disk.img")]);
+        assert_eq!(
+            std::fs::read(&a.files[0]).ok().as_deref(),
+            Some(&b"a disk"[..])
+        );
+        assert_eq!(
+            a.disk,
+            Some(DiskInfo {
+                format: "raw".into(),
+                virtual_size: 6
+            })
+        );
+        assert_eq!(a.meta.accelerator.as_deref(), Some("fake"));
+        assert_eq!(images(&e), 1);
+        let second = run_one(&e, Spec::default(), &Cancel::new());
+        assert!(second.ok && second.cached, "{:?}", second.error);
+        assert_eq!(e.c.launches.load(SeqCst), 1, "a cache hit boots nothing");
+        let b = second.artifact.expect("artifact");
+        assert_eq!(b.id, a.id);
+        // The stored manifest's facts come back on a hit.
+        assert_eq!(b.meta.accelerator.as_deref(), Some("fake"));
+        assert_eq!(
+            b.disk,
+            Some(DiskInfo {
+                format: "raw".into(),
+                virtual_size: 6
+            })
+        );
+        // Other inputs, another image; -force rebuilds the same inputs.
+        let third = run_one(
+            &e,
+            Spec {
+                input: "b",
+                force: true,
+                ..Spec::default()
+            },
+            &Cancel::new(),
+        );
+        assert!(third.ok && !third.cached);
+        let fourth = run_one(
+            &e,
+            Spec {
+                input: "b",
+                force: true,
+                ..Spec::default()
+            },
+            &Cancel::new(),
+        );
+        assert!(fourth.ok && !fourth.cached);
+        assert_eq!(e.c.launches.load(SeqCst), 3);
+        assert_eq!(e.c.live_machines.load(SeqCst), 0);
+        assert!(leftovers(&e).is_empty(), "{:?}", leftovers(&e));
+    }
+
+    #[test]
+    fn an_existing_output_directory_is_refused_without_force() {
+        let e = env("outdir");
+        std::fs::create_dir_all(e.dir.join("out")).expect("out");
+        std::fs::write(e.dir.join("out/other"), b"x").expect("file");
+        let o = run_one(&e, Spec::default(), &Cancel::new());
+        assert!(!o.ok);
+        assert!(o.error.unwrap_or_default().contains("already exists"));
+        assert_eq!(e.c.launches.load(SeqCst), 0);
+    }
+
+    #[test]
+    fn retries_rerun_a_failing_step_and_give_up_after_max_retries() {
+        let e = env("retry");
+        let o = run_one(
+            &e,
+            Spec {
+                fail: 2,
+                retries: 2,
+                ..Spec::default()
+            },
+            &Cancel::new(),
+        );
+        assert!(o.ok, "{:?}", o.error);
+        assert_eq!(e.c.provisions.load(SeqCst), 3);
+        let e = env("retry-fail");
+        let o = run_one(
+            &e,
+            Spec {
+                fail: 3,
+                retries: 2,
+                ..Spec::default()
+            },
+            &Cancel::new(),
+        );
+        assert!(!o.ok && !o.cancelled);
+        assert_eq!(o.error.as_deref(), Some("step failed"));
+        assert_eq!(e.c.provisions.load(SeqCst), 3);
+        assert_eq!(images(&e), 0, "a failed build stores nothing");
+        assert!(
+            !e.dir.join("out").exists(),
+            "a failed build publishes nothing"
+        );
+        assert_eq!(e.c.live_machines.load(SeqCst), 0, "the guest is stopped");
+    }
+
+    #[test]
+    fn a_step_past_its_timeout_fails_naming_the_timeout() {
+        let e = env("timeout");
+        let o = run_one(
+            &e,
+            Spec {
+                cmd: "sleep:2000",
+                timeout: Some(Duration::from_millis(50)),
+                ..Spec::default()
+            },
+            &Cancel::new(),
+        );
+        assert!(!o.ok);
+        let err = o.error.unwrap_or_default();
+        assert!(err.contains("fake-step timed out after 50ms"), "{err}");
+        assert_eq!(images(&e), 0);
+        assert_eq!(e.c.live_machines.load(SeqCst), 0);
+    }
+
+    #[test]
+    fn on_error_cleanup_runs_the_error_cleanup_provisioner_then_stops_the_guest() {
+        let e = env("cleanup");
+        let o = run_one(
+            &e,
+            Spec {
+                fail: 1,
+                cleanup: true,
+                ..Spec::default()
+            },
+            &Cancel::new(),
+        );
+        assert!(!o.ok);
+        assert_eq!(e.c.cleanups.load(SeqCst), 1);
+        assert_eq!(e.c.live_machines.load(SeqCst), 0);
+        // run-cleanup-provisioner runs it too; plain cleanup without one just stops the guest.
+        let e = env("cleanup-mode");
+        let o = run_one(
+            &e,
+            Spec {
+                fail: 1,
+                cleanup: true,
+                on_error: OnError::RunCleanupProvisioner,
+                ..Spec::default()
+            },
+            &Cancel::new(),
+        );
+        assert!(!o.ok);
+        assert_eq!(e.c.cleanups.load(SeqCst), 1);
+        assert_eq!(images(&e), 0);
+    }
+
+    #[test]
+    fn on_error_abort_keeps_the_guest_until_cancelled() {
+        let e = env("abort");
+        let cancel = Cancel::new();
+        let c2 = cancel.clone();
+        let counters = e.c.clone();
+        let watcher = std::thread::spawn(move || {
+            // Wait until the step has failed and the guest is being kept.
+            let t = Instant::now();
+            while counters.provisions.load(SeqCst) == 0 && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let alive = counters.live_machines.load(SeqCst);
+            c2.cancel();
+            alive
+        });
+        let o = run_one(
+            &e,
+            Spec {
+                fail: 1,
+                on_error: OnError::Abort,
+                ..Spec::default()
+            },
+            &cancel,
+        );
+        assert_eq!(
+            watcher.join().ok(),
+            Some(1),
+            "the guest ran while kiln waited"
+        );
+        assert!(!o.ok && o.cancelled);
+        assert_eq!(
+            e.c.live_machines.load(SeqCst),
+            0,
+            "and was stopped on Ctrl-C"
+        );
+        assert_eq!(images(&e), 0);
+    }
+
+    #[test]
+    fn cancelling_in_any_phase_publishes_nothing_and_stops_the_guest() {
+        for at in [At::Launch, At::Provision, At::Shutdown, At::Stored] {
+            let e = env(&format!("cancel-{at:?}"));
+            let cancel = Cancel::new();
+            let o = run_one(
+                &e,
+                Spec {
+                    at,
+                    ..Spec::default()
+                },
+                &cancel,
+            );
+            assert!(!o.ok && o.cancelled, "{at:?}: {:?}", o.error);
+            assert!(!e.dir.join("out").exists(), "{at:?}: nothing published");
+            assert_eq!(
+                e.c.live_machines.load(SeqCst),
+                0,
+                "{at:?}: the guest is gone"
+            );
+            // A commit that finished stays whole in the store; before it, nothing is stored.
+            let want = usize::from(at == At::Stored);
+            assert_eq!(images(&e), want, "{at:?}");
+            assert!(leftovers(&e).is_empty(), "{at:?}: {:?}", leftovers(&e));
+            // The store's temp dirs are gone too.
+            let tmp = std::fs::read_dir(e.dir.join("store/tmp"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert_eq!(tmp, 0, "{at:?}: store temp dirs left");
+        }
     }
 }

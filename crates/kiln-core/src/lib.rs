@@ -209,8 +209,9 @@ pub trait Machine: Send {
     fn vars(&self) -> &BTreeMap<String, String>;
     /// How a person reaches the guest (for -on-error=abort and -debug).
     fn access(&self) -> String;
-    /// Shuts the guest down cleanly and exports its disk into `dest` (a temp dir in the store).
-    fn shutdown(self: Box<Self>, em: &Emitter, cancel: &Cancel, dest: &Path) -> Result<Artifact>;
+    /// Shuts the guest down cleanly and exports its disk (if it has one) into `dest`, a temp
+    /// dir inside the store.
+    fn shutdown(self: Box<Self>, em: &Emitter, cancel: &Cancel, dest: &Path) -> Result<Built>;
 }
 
 /// A base image kiln resolved for a builder before it runs (an `oci://` reference pulled into
@@ -225,24 +226,130 @@ pub struct ResolvedBase {
     pub source: String,
 }
 
-/// What a build produced.
+/// What a builder leaves when its guest is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A local disk image (in the store's temp dir until the engine stores it).
+    Disk {
+        path: PathBuf,
+        format: String,
+        /// The disk's size as the guest sees it, in bytes.
+        virtual_size: u64,
+    },
+    /// No disk (a builder that provisions an existing machine, such as `null`).
+    Nothing,
+    /// Something that lives elsewhere, named by its id (a cloud image).
+    Remote { id: String },
+}
+
+/// The base a build started from, for the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BaseRef {
+    /// What the template named (a path, a URL, an `oci://` reference and its image).
+    pub source: String,
+    /// `sha256:…` of the base's content.
+    pub digest: String,
+}
+
+/// How the builder built: facts for the image manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildMeta {
+    pub base: Option<BaseRef>,
+    pub accelerator: Option<String>,
+    pub qemu_version: Option<String>,
+    /// The guest's SSH host key fingerprint, pinned for the build.
+    pub ssh_host_key: Option<String>,
+}
+
+/// What `Machine::shutdown` returns: the output and how it was made.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub output: Output,
+    pub meta: BuildMeta,
+}
+
+/// A stored image, as the engine knows it after the store commit or a cache hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredImage {
+    /// The image manifest's digest.
+    pub id: String,
+    /// The disk layer's digest (`sha256:…`) and size.
+    pub disk_digest: String,
+    pub disk_size: u64,
+}
+
+/// A disk's format (`qcow2`, `raw`) and its size as the guest sees it, in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskInfo {
+    pub format: String,
+    pub virtual_size: u64,
+}
+
+/// What a build produced, as post-processors and the CLI see it.
 #[derive(Debug, Clone)]
 pub struct Artifact {
     pub builder_type: String,
-    /// Files in their final place after `publish`.
+    /// Files in their final place after `publish` (a post-processor may replace them).
     pub files: Vec<PathBuf>,
-    /// A short identifier (the disk's sha256 for now; the image digest once the store lands).
+    /// The image id in the store, or a remote id; empty when there is nothing.
     pub id: String,
-    /// Extra facts for manifests (format, sizes, accelerator, ...).
-    pub data: BTreeMap<String, String>,
+    /// The disk's format and virtual size, when the build made a disk.
+    pub disk: Option<DiskInfo>,
+    pub image: Option<StoredImage>,
+    /// Set on a cache hit, where `meta` is what the stored manifest recorded.
+    pub cached: bool,
+    pub meta: BuildMeta,
+}
+
+impl Artifact {
+    /// Facts as flat strings, for Packer's manifest `custom_data` (`kiln_` + name).
+    pub fn facts(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        if let Some(d) = &self.disk {
+            m.insert("format".into(), d.format.clone());
+            m.insert("virtual_size".into(), d.virtual_size.to_string());
+        }
+        if let Some(i) = &self.image {
+            m.insert("image_id".into(), i.id.clone());
+            m.insert(
+                "disk_sha256".into(),
+                i.disk_digest.trim_start_matches("sha256:").to_string(),
+            );
+            m.insert("disk_size".into(), i.disk_size.to_string());
+        }
+        if let Some(b) = &self.meta.base {
+            m.insert("base_source".into(), b.source.clone());
+            m.insert("base_digest".into(), b.digest.clone());
+        }
+        for (k, v) in [
+            ("accelerator", &self.meta.accelerator),
+            ("qemu_version", &self.meta.qemu_version),
+            ("ssh_host_key", &self.meta.ssh_host_key),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.into(), v.clone());
+            }
+        }
+        m.insert("cached".into(), self.cached.to_string());
+        m
+    }
+}
+
+/// Where a builder's disk is published: `dir` (output_directory) and the file name in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub dir: PathBuf,
+    pub file_name: String,
 }
 
 pub trait Builder: Send + Sync {
     fn kind(&self) -> &str;
     /// Checks that can fail before anything boots (output directory free, base image present).
     fn preflight(&self, force: bool) -> Result<()>;
-    /// output_directory and the disk's file name in it (vm_name).
-    fn output(&self) -> (PathBuf, String);
+    /// Where the disk is published (output_directory and vm_name); `None` for a builder that
+    /// makes no disk, whose builds are neither stored nor cached.
+    fn publish(&self) -> Option<Publish>;
     /// Everything that changes the disk: options and the content digests of the files they name
     /// (base image, kernel, ...), never paths alone. Feeds the cache key. May download the
     /// base image (a remote iso_url without a sha256 checksum).
