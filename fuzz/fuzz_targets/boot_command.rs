@@ -6,6 +6,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = kiln_builder_qemu::fuzz_boot_command(s);
+        let _ = kiln_builders::qemu::fuzz_boot_command(s);
     }
 });

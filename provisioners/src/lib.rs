@@ -1,52 +1,98 @@
 //! Provisioners (shell, file, shell-local, breakpoint) and post-processors (manifest, checksum,
-//! compress, shell-local), each built from a template `Component` with Packer's option names.
+//! compress, shell-local, vagrant), each built from a template `Component` with Packer's option
+//! names, and the tables kiln dispatches on. Adding one is a module and a row.
 
 mod file;
 mod local;
 mod post;
 mod shell;
 
+use kiln_core::plugins::{Made, PostProcessorRow, ProvisionerRow};
 use kiln_core::{PostProcessor, Provisioner};
-use kiln_template::{did_you_mean, Component, Diagnostic, Diagnostics};
+use kiln_template::{Component, Diagnostics};
 
-pub const PROVISIONERS: &[&str] = &["shell", "file", "shell-local", "breakpoint"];
-pub const POST_PROCESSORS: &[&str] =
-    &["manifest", "checksum", "compress", "shell-local", "vagrant"];
-
-fn unknown(kind: &str, what: &str, known: &[&str], c: &Component) -> Diagnostics {
-    let hint = did_you_mean(&c.kind, known.iter().copied()).map_or_else(
-        || format!("kiln has: {}", known.join(", ")),
-        |s| format!("did you mean {s:?}?"),
-    );
-    Diagnostics(vec![Diagnostic::error(
-        format!("{what} {kind:?} is not built into kiln"),
-        Some(c.span.clone()),
-    )
-    .with_hint(hint)])
+/// A table constructor from a module's `fn(&Component) -> Result<T, Diagnostics>`.
+macro_rules! prov {
+    ($f:path) => {{
+        fn make(c: &Component) -> Made<dyn Provisioner> {
+            Ok((Box::new($f(c)?), Diagnostics::default()))
+        }
+        make
+    }};
 }
 
-/// Builds the provisioner a component describes.
-pub fn provisioner(c: &Component) -> Result<Box<dyn Provisioner>, Diagnostics> {
-    Ok(match c.kind.as_str() {
-        "shell" => Box::new(shell::from_component(c)?),
-        "file" => Box::new(file::from_component(c)?),
-        "shell-local" => Box::new(local::shell_local(c)?),
-        "breakpoint" => Box::new(local::breakpoint(c)?),
-        other => return Err(unknown(other, "provisioner", PROVISIONERS, c)),
-    })
+macro_rules! post {
+    ($f:path) => {{
+        fn make(c: &Component, _: &str) -> Made<dyn PostProcessor> {
+            Ok((Box::new($f(c)?), Diagnostics::default()))
+        }
+        make
+    }};
 }
 
-/// Builds the post-processor a component describes.
-pub fn post_processor(
-    c: &Component,
-    run_uuid: &str,
-) -> Result<Box<dyn PostProcessor>, Diagnostics> {
-    Ok(match c.kind.as_str() {
-        "manifest" => Box::new(post::manifest(c, run_uuid)?),
-        "checksum" => Box::new(post::checksum(c)?),
-        "compress" => Box::new(post::compress(c)?),
-        "vagrant" => Box::new(post::vagrant(c)?),
-        "shell-local" => Box::new(local::shell_local(c)?),
-        other => return Err(unknown(other, "post-processor", POST_PROCESSORS, c)),
-    })
-}
+/// Every provisioner kiln has.
+pub const PROVISIONERS: &[ProvisionerRow] = &[
+    ProvisionerRow {
+        name: "shell",
+        summary: "runs inline commands or scripts in the guest",
+        plugin: None,
+        make: prov!(shell::from_component),
+    },
+    ProvisionerRow {
+        name: "file",
+        summary: "uploads files and directories to the guest, or downloads them",
+        plugin: None,
+        make: prov!(file::from_component),
+    },
+    ProvisionerRow {
+        name: "shell-local",
+        summary: "runs commands on the machine running kiln",
+        plugin: None,
+        make: prov!(local::shell_local),
+    },
+    ProvisionerRow {
+        name: "breakpoint",
+        summary: "pauses the build until Enter is pressed",
+        plugin: None,
+        make: prov!(local::breakpoint),
+    },
+];
+
+/// Every post-processor kiln has.
+pub const POST_PROCESSORS: &[PostProcessorRow] = &[
+    PostProcessorRow {
+        name: "manifest",
+        summary: "writes Packer's packer-manifest.json",
+        plugin: None,
+        make: |c, run_uuid| {
+            Ok((
+                Box::new(post::manifest(c, run_uuid)?),
+                Diagnostics::default(),
+            ))
+        },
+    },
+    PostProcessorRow {
+        name: "checksum",
+        summary: "writes checksum files of the artifact's files",
+        plugin: None,
+        make: post!(post::checksum),
+    },
+    PostProcessorRow {
+        name: "compress",
+        summary: "compresses the artifact (tar, gz, zst, xz, zip)",
+        plugin: None,
+        make: post!(post::compress),
+    },
+    PostProcessorRow {
+        name: "shell-local",
+        summary: "runs commands on the machine running kiln, with the artifact's files",
+        plugin: None,
+        make: post!(local::shell_local),
+    },
+    PostProcessorRow {
+        name: "vagrant",
+        summary: "packs the disk into a Vagrant box for the libvirt provider",
+        plugin: Some("vagrant"),
+        make: post!(post::vagrant),
+    },
+];

@@ -9,7 +9,19 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-pub const BUILDERS: &[&str] = &["qemu"];
+/// The Packer plugins whose components kiln has built in, from the component tables.
+pub fn plugins() -> Vec<String> {
+    let mut p: Vec<String> = kiln_core::plugins::plugins(kiln_builders::BUILDERS)
+        .chain(kiln_core::plugins::plugins(kiln_provisioners::PROVISIONERS))
+        .chain(kiln_core::plugins::plugins(
+            kiln_provisioners::POST_PROCESSORS,
+        ))
+        .map(str::to_string)
+        .collect();
+    p.sort();
+    p.dedup();
+    p
+}
 
 pub struct Prepared {
     pub jobs: Vec<Job>,
@@ -75,61 +87,88 @@ fn job(
     base: Option<&ResolvedBase>,
     d: &mut Diagnostics,
 ) -> Option<Job> {
-    let builder: Box<dyn kiln_core::Builder> = match b.builder.kind.as_str() {
-        "qemu" if secret_on_argv(b, plan, kiln_builder_qemu::ARGV_OPTIONS, d) => return None,
-        "qemu" => match kiln_builder_qemu::from_component(b.source_name(), &b.builder, base) {
-            Ok((q, w)) => {
-                d.extend(w);
-                Box::new(q)
-            }
-            Err(e) => {
-                d.extend(e);
+    use kiln_core::plugins::{find, BuildContext};
+    let builder = match find(kiln_builders::BUILDERS, "builder type", &b.builder) {
+        Ok(row) => {
+            if secret_on_argv(b, plan, row.argv_options, d) {
                 return None;
             }
-        },
-        other => {
+            let cx = BuildContext {
+                build: b.source_name(),
+                base,
+            };
+            match (row.make)(&b.builder, &cx) {
+                Ok((x, w)) => {
+                    d.extend(w);
+                    x
+                }
+                Err(e) => {
+                    d.extend(e);
+                    return None;
+                }
+            }
+        }
+        Err(_) => {
+            let names: Vec<&str> = kiln_builders::BUILDERS.iter().map(|r| r.name).collect();
             d.push(
                 Diagnostic::error(
                     format!(
-                        "builder type {other:?} ({}) is not built into kiln (kiln has: {})",
+                        "builder type {:?} ({}) is not built into kiln (kiln has: {})",
+                        b.builder.kind,
                         b.full_name,
-                        BUILDERS.join(", ")
+                        names.join(", ")
                     ),
                     Some(b.builder.span.clone()),
                 )
-                .with_hint(
-                    "build only the sources kiln supports, e.g. -only='qemu.*' or -except='"
-                        .to_string()
-                        + &b.full_name
-                        + "'",
-                ),
+                .with_hint(format!(
+                    "build only the sources kiln supports, e.g. -only='{}.*' or -except='{}'",
+                    names[0], b.full_name
+                )),
             );
             return None;
         }
     };
+    let provisioner = |c: &kiln_template::Component, d: &mut Diagnostics| match find(
+        kiln_provisioners::PROVISIONERS,
+        "provisioner",
+        c,
+    )
+    .and_then(|r| (r.make)(c))
+    {
+        Ok((x, w)) => {
+            d.extend(w);
+            Some(x)
+        }
+        Err(e) => {
+            d.extend(e);
+            None
+        }
+    };
     let mut provisioners = Vec::new();
     for p in &b.provisioners {
-        match kiln_provisioners::provisioner(&p.component) {
-            Ok(x) => provisioners.push(step_spec(p, x, d)),
-            Err(e) => d.extend(e),
+        if let Some(x) = provisioner(&p.component, d) {
+            provisioners.push(step_spec(p, x, d));
         }
     }
-    let error_cleanup =
-        b.error_cleanup
-            .as_ref()
-            .and_then(|p| match kiln_provisioners::provisioner(&p.component) {
-                Ok(x) => Some(step_spec(p, x, d)),
-                Err(e) => {
-                    d.extend(e);
-                    None
-                }
-            });
+    let error_cleanup = b.error_cleanup.as_ref().and_then(|p| {
+        let x = provisioner(&p.component, d)?;
+        Some(step_spec(p, x, d))
+    });
     let mut post = Vec::new();
     for chain in &b.post_processors {
         let mut c = Vec::new();
         for p in chain {
-            match kiln_provisioners::post_processor(&p.component, run_uuid) {
-                Ok(x) => c.push(step_spec(p, x, d)),
+            let made = find(
+                kiln_provisioners::POST_PROCESSORS,
+                "post-processor",
+                &p.component,
+            )
+            .and_then(|r| (r.make)(&p.component, run_uuid));
+            match made {
+                Ok((x, w)) => {
+                    d.extend(w);
+                    c.push(step_spec(p, x, d));
+                }
                 Err(e) => d.extend(e),
             }
         }
@@ -191,7 +230,11 @@ fn resolve_oci_bases(
 ) -> BTreeMap<usize, ResolvedBase> {
     let mut out = BTreeMap::new();
     for (i, b) in plan.builds.iter().enumerate() {
-        let Some(attr) = b.builder.attrs.get("iso_url") else {
+        let option = kiln_builders::BUILDERS
+            .iter()
+            .find(|r| r.name == b.builder.kind)
+            .and_then(|r| r.base_option);
+        let Some(attr) = option.and_then(|o| b.builder.attrs.get(o)) else {
             continue;
         };
         let Some(url) = attr.value.as_str().filter(|u| u.starts_with("oci://")) else {

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod placeholders;
+pub mod plugins;
 pub mod process;
 pub mod workdir;
 

@@ -15,10 +15,29 @@ type R = Result<Value, String>;
 
 /// Registers every function. `env` is only available where Packer allows it (variable defaults).
 pub fn register(ctx: &mut Context<'_>, with_env: bool) {
+    for (name, def) in table() {
+        if name != "env" || with_env {
+            ctx.declare_func(name, def);
+        }
+    }
+}
+
+/// The names of every function (those `eval.rs` handles itself, `try` and `can`, included), from
+/// the one table: for "did you mean" on unknown ones and for docs.
+pub fn names() -> Vec<&'static str> {
+    let mut n: Vec<&'static str> = table().into_iter().map(|(name, _)| name).collect();
+    n.extend(["try", "can"]);
+    n
+}
+
+/// The function table: each function declared once, with its parameters.
+fn table() -> Vec<(&'static str, FuncDef)> {
     use ParamType::{Any, Number as N, String as S};
     let arr = || ParamType::array_of(Any);
-    let f = |ctx: &mut Context<'_>,
-             name: &str,
+    let mut out = Vec::new();
+    let ctx = &mut out;
+    let f = |out: &mut Vec<(&'static str, FuncDef)>,
+             name: &'static str,
              params: Vec<ParamType>,
              variadic: Option<ParamType>,
              func: fn(FuncArgs) -> R| {
@@ -26,7 +45,7 @@ pub fn register(ctx: &mut Context<'_>, with_env: bool) {
         if let Some(v) = variadic {
             b = b.variadic_param(v);
         }
-        ctx.declare_func(name, b.build(func));
+        out.push((name, b.build(func)));
     };
     f(ctx, "abspath", vec![S], None, abspath);
     f(ctx, "basename", vec![S], None, |a| path_part(&a, true));
@@ -310,96 +329,13 @@ pub fn register(ctx: &mut Context<'_>, with_env: bool) {
                 .cloned(),
         )))
     });
-    if with_env {
-        f(ctx, "env", vec![S], None, |a| {
-            Ok(Value::from(
-                std::env::var(str_arg(&a, 0)?).unwrap_or_default(),
-            ))
-        });
-    }
+    f(ctx, "env", vec![S], None, |a| {
+        Ok(Value::from(
+            std::env::var(str_arg(&a, 0)?).unwrap_or_default(),
+        ))
+    });
+    out
 }
-
-/// Names of every function, for "did you mean" on unknown ones.
-pub const NAMES: &[&str] = &[
-    "abspath",
-    "basename",
-    "dirname",
-    "pathexpand",
-    "join",
-    "split",
-    "format",
-    "formatlist",
-    "formatdate",
-    "timestamp",
-    "legacy_isotime",
-    "lower",
-    "upper",
-    "title",
-    "strrev",
-    "startswith",
-    "endswith",
-    "replace",
-    "regex_replace",
-    "regex",
-    "regexall",
-    "trimspace",
-    "trim",
-    "trimprefix",
-    "trimsuffix",
-    "chomp",
-    "indent",
-    "substr",
-    "concat",
-    "contains",
-    "length",
-    "lookup",
-    "merge",
-    "keys",
-    "values",
-    "element",
-    "index",
-    "flatten",
-    "distinct",
-    "reverse",
-    "sort",
-    "slice",
-    "coalesce",
-    "coalescelist",
-    "compact",
-    "min",
-    "max",
-    "abs",
-    "ceil",
-    "floor",
-    "signum",
-    "pow",
-    "parseint",
-    "file",
-    "fileexists",
-    "templatefile",
-    "uuidv4",
-    "sha256",
-    "sha512",
-    "md5",
-    "base64encode",
-    "base64decode",
-    "jsonencode",
-    "jsondecode",
-    "yamlencode",
-    "tostring",
-    "tonumber",
-    "tobool",
-    "tolist",
-    "toset",
-    "tomap",
-    "range",
-    "zipmap",
-    "setunion",
-    "setintersection",
-    "env",
-    "try",
-    "can",
-];
 
 fn str_arg(a: &FuncArgs, i: usize) -> Result<&str, String> {
     a.get(i)

@@ -80,9 +80,6 @@ const COMMON_STEP_KEYS: &[&str] = &[
     "keep_input_artifact",
 ];
 
-/// Plugins that kiln has built in (what `required_plugins` may name).
-const BUILTIN_PLUGINS: &[&str] = &["qemu"];
-
 pub(crate) struct Loader<'o> {
     opts: &'o LoadOptions,
     diags: Diagnostics,
@@ -214,7 +211,7 @@ impl<'o> Loader<'o> {
             for (name, span) in std::mem::take(&mut self.unknown_plugins) {
                 let msg = format!(
                     "required plugin {name:?} is not built into kiln (built in: {})",
-                    BUILTIN_PLUGINS.join(", ")
+                    self.opts.plugins.join(", ")
                 );
                 let d = if filtered {
                     Diagnostic::warning(msg, Some(span))
@@ -583,9 +580,8 @@ impl<'o> Loader<'o> {
                     .unwrap_or("")
                     .to_string();
                 let plugin = source.rsplit('/').next().unwrap_or(&name).to_string();
-                if !BUILTIN_PLUGINS.contains(&plugin.as_str())
-                    && !BUILTIN_PLUGINS.contains(&name.as_str())
-                {
+                let built_in = |n: &str| self.opts.plugins.iter().any(|p| p == n);
+                if !built_in(&plugin) && !built_in(&name) {
                     let s = self.span(file, a.span());
                     self.unknown_plugins
                         .push((if source.is_empty() { name } else { source }, s));
@@ -1397,7 +1393,7 @@ fn unknown_function_hint(msg: &str) -> Option<String> {
     if name == "env" {
         return Some("env() is only allowed in variable defaults, as in Packer".into());
     }
-    Some(match did_you_mean(name, funcs::NAMES.iter().copied()) {
+    Some(match did_you_mean(name, funcs::names()) {
         Some(s) => format!("did you mean {s}()?"),
         None => format!("kiln has no function {name}(); see docs/functions.md for the ones it has"),
     })

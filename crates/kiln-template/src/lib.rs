@@ -57,6 +57,9 @@ pub struct LoadOptions {
     pub except: Vec<String>,
     /// Parse only; evaluate nothing.
     pub syntax_only: bool,
+    /// The Packer plugins kiln has built in (read from its component tables): what
+    /// `required_plugins` may name.
+    pub plugins: Vec<String>,
 }
 
 /// Loads and evaluates the template at `path`. Returns the plan (None when there are errors) and

@@ -17,6 +17,7 @@ mod qmp;
 pub use config::ResolvedBase;
 use config::{decode_all, Accelerator, Settings};
 use kiln_core::cancel::HookGuard;
+use kiln_core::plugins::BuildContext;
 use kiln_core::process::Guarded;
 use kiln_core::workdir::WorkDir;
 use kiln_core::{
@@ -71,6 +72,12 @@ pub const ARGV_OPTIONS: &[&str] = &[
     "efi_firmware_code",
     "efi_firmware_vars",
 ];
+
+/// The table's constructor: decodes and checks a `qemu` source.
+pub fn make(c: &Component, cx: &BuildContext<'_>) -> kiln_core::plugins::Made<dyn Builder> {
+    let (b, w) = from_component(cx.build, c, cx.base)?;
+    Ok((Box::new(b), w))
+}
 
 /// Decodes and checks a `qemu` source. `base` is the `oci://` base kiln pulled for it, if any.
 /// Returns the builder and its warnings.

@@ -12,7 +12,7 @@ pub fn resolve_url(url: &str) -> Result<PathBuf> {
     if let Some(rest) = url.strip_prefix("file://") {
         return Ok(PathBuf::from(rest));
     }
-    if crate::download::is_remote(url) {
+    if super::download::is_remote(url) {
         return Err(Error::failed(format!(
             "iso_url {url:?} must be downloaded first"
         )));
@@ -46,8 +46,8 @@ pub fn verify_checksum(path: &Path, spec: &str, known_sha256: Option<&str>) -> R
         return Ok(sha256);
     }
     let (algo, want) = if let Some(src) = spec.strip_prefix("file:") {
-        let file = if crate::download::is_remote(src) {
-            crate::download::fetch(src, "none", None, &kiln_core::Cancel::new())?
+        let file = if super::download::is_remote(src) {
+            super::download::fetch(src, "none", None, &kiln_core::Cancel::new())?
         } else {
             resolve_url(src.trim_start_matches("//").trim_start_matches("file:"))?
         };

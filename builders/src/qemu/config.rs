@@ -1,7 +1,7 @@
 //! The qemu builder's options, named as in Packer's qemu builder. Each option is declared once,
 //! here: a field with its final type (weakly decoded, as Packer's mapstructure does: `"1024"` or
 //! `1024`, `"true"` or `true`), its static default in `Default`, its doc (docs/qemu.md is
-//! generated from these comments by `cargo test -p kiln-builder-qemu docs`), and how it enters
+//! generated from these comments by `cargo test -p kiln-builders docs`), and how it enters
 //! the cache key (the serde attributes of `Serialize`, see `kiln_core::config::key`).
 //! `resolve` applies the defaults that depend on the build, checks the rules that span options,
 //! and returns the `Settings` the builder runs with. The SSH options are the communicator's
@@ -502,7 +502,7 @@ impl QemuConfig {
             );
         }
         for (i, cmd) in self.boot_command.iter().enumerate() {
-            for (k, hint) in crate::bootcmd::unknown_keys(cmd) {
+            for (k, hint) in super::bootcmd::unknown_keys(cmd) {
                 let h = hint.map_or_else(|| "kiln knows Packer's key names (<enter>, <tab>, <f1>, <wait5>, <leftCtrlOn>, ...)".to_string(), |h| format!("did you mean {h}?"));
                 d.push(at(
                     "boot_command",
@@ -510,7 +510,7 @@ impl QemuConfig {
                     Some(h),
                 ));
             }
-            if let Err(e) = crate::bootcmd::parse(cmd) {
+            if let Err(e) = super::bootcmd::parse(cmd) {
                 d.push(at("boot_command", format!("boot_command[{i}]: {e}"), None));
             }
         }
@@ -562,17 +562,17 @@ impl QemuConfig {
                 }
             }
         }
-        if let Err(m) = crate::image::check_checksum_form(&checksum) {
+        if let Err(m) = super::image::check_checksum_form(&checksum) {
             d.push(at("iso_checksum", m, None));
         }
         if self.disk_image.0
             && base.is_none()
-            && !crate::download::is_remote(&base_url)
+            && !super::download::is_remote(&base_url)
             && !base_url.is_empty()
         {
-            if let Ok(p) = crate::image::resolve_url(&base_url) {
+            if let Ok(p) = super::image::resolve_url(&base_url) {
                 if p.is_file() {
-                    if let Some(why) = crate::image::not_a_disk(&p) {
+                    if let Some(why) = super::image::not_a_disk(&p) {
                         let attr = if c.attrs.contains_key("iso_url") {
                             "iso_url"
                         } else {
@@ -654,7 +654,7 @@ impl QemuConfig {
 #[cfg(test)]
 mod docs {
     //! docs/qemu.md is generated from the option declarations above (and the SSH
-    //! communicator's): `KILN_UPDATE_DOCS=1 cargo test -p kiln-builder-qemu docs` rewrites it;
+    //! communicator's): `KILN_UPDATE_DOCS=1 cargo test -p kiln-builders docs` rewrites it;
     //! without it, the test fails when the page and the code disagree.
 
     struct Opt {
@@ -788,9 +788,9 @@ mod docs {
         };
         let page = format!(
             "# The qemu builder's options\n\n\
-             Generated from the option declarations (`builders/qemu/src/config.rs`,\n\
+             Generated from the option declarations (`builders/src/qemu/config.rs`,\n\
              `crates/kiln-ssh/src/options.rs`) by\n\
-             `KILN_UPDATE_DOCS=1 cargo test -p kiln-builder-qemu docs`; do not edit by hand.\n\n\
+             `KILN_UPDATE_DOCS=1 cargo test -p kiln-builders docs`; do not edit by hand.\n\n\
              Option names and loose value forms are Packer's: a number may be written `1024` or\n\
              `\"1024\"`, a bool `true` or `\"true\"`, a duration as Go writes it (`\"1m30s\"`).\n\
              Every value is checked at `kiln validate`, with the range or the allowed names in the\n\
@@ -806,14 +806,14 @@ mod docs {
             table(&qemu, super::INERT),
             table(&ssh, kiln_ssh::options::INERT),
         );
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/qemu.md");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/qemu.md");
         if std::env::var_os("KILN_UPDATE_DOCS").is_some() {
             std::fs::write(path, &page).expect("write docs/qemu.md");
         }
         let on_disk = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             on_disk == page,
-            "docs/qemu.md is out of date: run KILN_UPDATE_DOCS=1 cargo test -p kiln-builder-qemu docs"
+            "docs/qemu.md is out of date: run KILN_UPDATE_DOCS=1 cargo test -p kiln-builders docs"
         );
     }
 }
