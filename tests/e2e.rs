@@ -697,3 +697,97 @@ fn the_guest_host_key_is_pinned_for_the_build_recorded_and_checked_against_ssh_h
     assert!(!ctx.dir.join("out-hk3").exists());
     assert!(ctx.qemu_pids().is_empty());
 }
+
+/// A tiny guest started by the test itself (not by kiln): the "existing machine" the null
+/// builder provisions. Killed when dropped.
+struct RunningGuest {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for RunningGuest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_guest(ctx: &Ctx) -> RunningGuest {
+    let b = ctx.base.display().to_string();
+    let overlay = ctx.dir.join("existing.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(format!("{b}/base.qcow2"))
+        .arg(&overlay)
+        .status()
+        .expect("qemu-img runs");
+    assert!(st.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = std::process::Command::new("qemu-system-x86_64")
+        .args(["-machine", "accel=tcg", "-m", "256", "-display", "none", "-nodefaults"])
+        .args(["-kernel", &format!("{b}/vmlinux"), "-initrd", &format!("{b}/initrd.img")])
+        .args(["-append", "root=/dev/vda rw console=ttyS0 quiet"])
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22")])
+        .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci"])
+        .arg("-serial")
+        .arg(format!("file:{}", ctx.dir.join("existing-console.log").display()))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu starts");
+    RunningGuest { child, port }
+}
+
+#[test]
+fn the_null_builder_provisions_a_running_machine_and_stores_nothing() {
+    let ctx = Ctx::new("null");
+    let guest = start_guest(&ctx);
+    let b = ctx.base.display();
+    let t = ctx.write(
+        "null.pkr.hcl",
+        &format!(
+            r#"source "null" "existing" {{
+  ssh_host             = "127.0.0.1"
+  ssh_port             = {port}
+  ssh_username         = "root"
+  ssh_private_key_file = "{b}/id_ed25519"
+  ssh_timeout          = "2m"
+}}
+build {{
+  sources = ["source.null.existing"]
+  provisioner "shell" {{
+    inline = ["echo run >> /root/null-runs", "echo runs=$(wc -l < /root/null-runs)"]
+  }}
+}}
+"#,
+            port = guest.port
+        ),
+    );
+    let t = t.to_string_lossy().into_owned();
+    let v = ctx.kiln(&["validate", &t]);
+    assert!(v.status.success(), "{}", text(&v));
+    let first = ctx.kiln(&["build", &t]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(text(&first).contains("runs=1"), "{}", text(&first));
+    // No image, so no cache: the same template runs its provisioners again, on the same machine.
+    let second = ctx.kiln(&["build", &t]);
+    assert!(second.status.success(), "{}", text(&second));
+    assert!(text(&second).contains("runs=2"), "{}", text(&second));
+    let images = ctx.kiln(&["images"]);
+    assert!(!text(&images).contains("existing"), "{}", text(&images));
+    assert!(ctx.qemu_pids().len() == 1, "kiln started no VM of its own and left the machine running");
+    // The machine is not kiln's: it is still up after both builds.
+    drop(guest);
+    // A null source without credentials is refused at validate, naming what is missing.
+    let bad = ctx.write(
+        "bad.pkr.hcl",
+        "source \"null\" \"x\" {\n  ssh_host = \"127.0.0.1\"\n  ssh_username = \"root\"\n}\nbuild {\n  sources = [\"source.null.x\"]\n}\n",
+    );
+    let o = ctx.kiln(&["validate", &bad.to_string_lossy()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("needs ssh_password or ssh_private_key_file"), "{}", text(&o));
+}
