@@ -727,15 +727,39 @@ fn start_guest(ctx: &Ctx) -> RunningGuest {
         .expect("free port")
         .port();
     let child = std::process::Command::new("qemu-system-x86_64")
-        .args(["-machine", "accel=tcg", "-m", "256", "-display", "none", "-nodefaults"])
-        .args(["-kernel", &format!("{b}/vmlinux"), "-initrd", &format!("{b}/initrd.img")])
+        .args([
+            "-machine",
+            "accel=tcg",
+            "-m",
+            "256",
+            "-display",
+            "none",
+            "-nodefaults",
+        ])
+        .args([
+            "-kernel",
+            &format!("{b}/vmlinux"),
+            "-initrd",
+            &format!("{b}/initrd.img"),
+        ])
         .args(["-append", "root=/dev/vda rw console=ttyS0 quiet"])
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-        .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22")])
-        .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci"])
+        .args([
+            "-netdev",
+            &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
+        ])
+        .args([
+            "-device",
+            "virtio-net-pci,netdev=n0",
+            "-device",
+            "virtio-rng-pci",
+        ])
         .arg("-serial")
-        .arg(format!("file:{}", ctx.dir.join("existing-console.log").display()))
+        .arg(format!(
+            "file:{}",
+            ctx.dir.join("existing-console.log").display()
+        ))
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("qemu starts");
@@ -779,7 +803,10 @@ build {{
     assert!(text(&second).contains("runs=2"), "{}", text(&second));
     let images = ctx.kiln(&["images"]);
     assert!(!text(&images).contains("existing"), "{}", text(&images));
-    assert!(ctx.qemu_pids().len() == 1, "kiln started no VM of its own and left the machine running");
+    assert!(
+        ctx.qemu_pids().len() == 1,
+        "kiln started no VM of its own and left the machine running"
+    );
     // The machine is not kiln's: it is still up after both builds.
     drop(guest);
     // A null source without credentials is refused at validate, naming what is missing.
@@ -789,5 +816,9 @@ build {{
     );
     let o = ctx.kiln(&["validate", &bad.to_string_lossy()]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("needs ssh_password or ssh_private_key_file"), "{}", text(&o));
+    assert!(
+        text(&o).contains("needs ssh_password or ssh_private_key_file"),
+        "{}",
+        text(&o)
+    );
 }

@@ -346,3 +346,32 @@ fn debug_pauses_before_each_provisioner_on_a_terminal() {
         );
     }
 }
+
+#[test]
+fn a_closed_stdout_ends_kiln_quietly_without_a_panic() {
+    // `kiln … | head -1`: the reader is gone before kiln writes (the sleep orders it).
+    let ctx = Ctx::bare("closed-stdout");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        "source \"null\" \"x\" {\n  communicator = \"none\"\n}\nbuild {\n  sources = [\"source.null.x\"]\n}\n",
+    );
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    for args in [
+        "version",
+        "images",
+        "completions bash",
+        &format!("inspect {}", t.display()),
+    ] {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{{ sleep 0.3; {kiln} {args}; echo \"rc=$?\" >&2; }} | true"
+            ))
+            .env("KILN_STORE", ctx.dir.join("store"))
+            .output()
+            .expect("sh runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("rc=0"), "kiln {args}: {err}");
+        assert!(!err.contains("panicked"), "kiln {args}: {err}");
+    }
+}

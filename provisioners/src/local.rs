@@ -1,7 +1,7 @@
 //! `shell-local` (provisioner and post-processor) and `breakpoint`: things that run on the host.
 
 use crate::shell::packer_env;
-use kiln_core::config::{decode, Flag, Num, Text};
+use kiln_core::config::{decode, ExitStatus, Flag, Text};
 use kiln_core::placeholders::fill;
 use kiln_core::process::Guarded;
 use kiln_core::{Artifact, Communicator, Error, PostProcessor, Provisioner, Result, StepCx};
@@ -24,7 +24,7 @@ pub struct ShellLocalConfig {
     pub env_var_format: Option<Text>,
     pub only_on: Option<Vec<Text>>,
     pub use_linux_pathing: Option<Flag>,
-    pub valid_exit_codes: Option<Vec<Num>>,
+    pub valid_exit_codes: Option<Vec<ExitStatus>>,
     pub tempfile_extension: Option<Text>,
 }
 
@@ -109,7 +109,7 @@ pub fn shell_local(c: &Component) -> std::result::Result<ShellLocal, Diagnostics
         ),
         valid_exit_codes: cfg
             .valid_exit_codes
-            .map_or_else(|| vec![0], |v| v.iter().map(|n| n.0 as i32).collect()),
+            .map_or_else(|| vec![0], |v| v.iter().map(|n| n.0).collect()),
         skip,
     })
 }

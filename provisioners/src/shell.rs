@@ -1,6 +1,6 @@
 //! The `shell` provisioner: uploads inline commands or scripts and runs them in the guest.
 
-use kiln_core::config::{decode, Dur, Flag, Num, Text};
+use kiln_core::config::{decode, Dur, ExitStatus, Flag, Text};
 use kiln_core::placeholders::fill;
 use kiln_core::{Communicator, Error, Provisioner, Result, Source, StepCx};
 use kiln_template::{Component, Diagnostic, Diagnostics};
@@ -21,7 +21,7 @@ pub struct ShellConfig {
     pub env_var_format: Option<Text>,
     pub execute_command: Option<Text>,
     pub expect_disconnect: Option<Flag>,
-    pub valid_exit_codes: Option<Vec<Num>>,
+    pub valid_exit_codes: Option<Vec<ExitStatus>>,
     pub remote_folder: Option<Text>,
     pub remote_file: Option<Text>,
     pub remote_path: Option<Text>,
@@ -114,7 +114,7 @@ pub fn from_component(c: &Component) -> std::result::Result<Shell, Diagnostics> 
         expect_disconnect: cfg.expect_disconnect.is_some_and(|f| f.0),
         valid_exit_codes: cfg
             .valid_exit_codes
-            .map_or_else(|| vec![0], |v| v.iter().map(|n| n.0 as i32).collect()),
+            .map_or_else(|| vec![0], |v| v.iter().map(|n| n.0).collect()),
         remote_folder: cfg
             .remote_folder
             .map_or_else(|| "/tmp".to_string(), |t| t.0),

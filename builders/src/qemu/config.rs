@@ -563,7 +563,7 @@ impl QemuConfig {
             }
         }
         if let Err(m) = super::image::check_checksum_form(&checksum) {
-            d.push(at("iso_checksum", m, None));
+            d.push(at("iso_checksum", m.to_string(), None));
         }
         if self.disk_image.0
             && base.is_none()

@@ -1,6 +1,7 @@
 //! Base images: resolving iso_url, verifying iso_checksum, and the qemu-img calls (info, overlay
 //! create, convert).
 
+use kiln_core::config::ConfigError;
 use kiln_core::{Error, Result};
 use sha2::Digest as _;
 use std::path::{Path, PathBuf};
@@ -233,7 +234,9 @@ pub fn convert(
                     .and_then(|p| p.split('/').next())
                     .and_then(|p| p.parse::<f64>().ok())
                 {
-                    let p = pct as u64;
+                    // qemu-img's percentage, 0 to 100.
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    let p = pct.clamp(0.0, 100.0) as u64;
                     if p != last {
                         last = p;
                         progress(p);
@@ -296,7 +299,7 @@ pub fn not_a_disk(path: &Path) -> Option<String> {
 
 /// Checks an iso_checksum's form (not the file): `none`, `file:…`, `TYPE:HEX` or bare hex with the
 /// length its type needs.
-pub fn check_checksum_form(spec: &str) -> std::result::Result<(), String> {
+pub fn check_checksum_form(spec: &str) -> std::result::Result<(), ConfigError> {
     let spec = spec.trim();
     if spec.eq_ignore_ascii_case("none") || spec.starts_with("file:") {
         return Ok(());
@@ -310,16 +313,16 @@ pub fn check_checksum_form(spec: &str) -> std::result::Result<(), String> {
         "sha256" => 64,
         "sha512" => 128,
         _ => {
-            return Err(format!(
+            return Err(ConfigError(format!(
             "iso_checksum {spec:?}: {algo:?} is not a checksum type kiln knows (use sha256:HEX, sha512:HEX, md5:HEX, file:URL or none)"
-        ))
+        )))
         }
     };
     if hex.len() != want || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
+        return Err(ConfigError(format!(
             "iso_checksum {spec:?}: a {algo} checksum is {want} hex digits (got {} characters)",
             hex.len()
-        ));
+        )));
     }
     Ok(())
 }

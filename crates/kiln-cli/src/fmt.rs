@@ -1,8 +1,8 @@
 //! `kiln fmt`: Packer's `fmt` for HCL templates (`*.pkr.hcl`, `*.pkrvars.hcl`).
 //! Exit codes as Packer's: 0 done, 3 with -check when a file is not formatted, 1 on errors.
 
+use crate::exit::{CliError, Status};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 fn is_hcl(p: &Path) -> bool {
     let n = p
@@ -75,7 +75,7 @@ pub fn run(
     show_diff: bool,
     write: bool,
     recursive: bool,
-) -> ExitCode {
+) -> Result<Status, CliError> {
     let paths = if paths.is_empty() {
         vec![PathBuf::from(".")]
     } else {
@@ -83,47 +83,40 @@ pub fn run(
     };
     let mut files = Vec::new();
     for p in &paths {
-        if let Err(e) = collect(p, recursive, true, &mut files) {
-            eprintln!("error: cannot read {}: {e}", p.display());
-            return ExitCode::from(1);
-        }
+        collect(p, recursive, true, &mut files)
+            .map_err(|e| CliError::io(format!("cannot read {}", p.display()), e))?;
     }
     let mut unformatted = 0;
     for f in &files {
-        let text = match std::fs::read_to_string(f) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: cannot read {}: {e}", f.display());
-                return ExitCode::from(1);
-            }
-        };
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| CliError::io(format!("cannot read {}", f.display()), e))?;
         // Refuse to rewrite what does not parse: formatting must never change meaning.
         if let Err(e) = hcl_check(&text) {
-            eprintln!("error: {}: {e}; not formatted", f.display());
-            return ExitCode::from(1);
+            return Err(CliError::failed(format!(
+                "{}: {e}; not formatted",
+                f.display()
+            )));
         }
         let formatted = kiln_template::fmt::format_hcl(&text);
         if formatted == text {
             continue;
         }
         unformatted += 1;
-        println!("{}", f.display());
+        say!("{}", f.display());
         if show_diff {
-            print!("{}", diff(f, &text, &formatted));
+            say!("{}", diff(f, &text, &formatted).trim_end_matches('\n'));
         }
         if write {
             let tmp = f.with_extension("kiln-fmt");
-            if let Err(e) = std::fs::write(&tmp, &formatted).and_then(|()| std::fs::rename(&tmp, f))
-            {
-                eprintln!("error: cannot write {}: {e}", f.display());
-                return ExitCode::from(1);
-            }
+            std::fs::write(&tmp, &formatted)
+                .and_then(|()| std::fs::rename(&tmp, f))
+                .map_err(|e| CliError::io(format!("cannot write {}", f.display()), e))?;
         }
     }
     if check && unformatted > 0 {
-        return ExitCode::from(3);
+        return Ok(Status::Unformatted);
     }
-    ExitCode::SUCCESS
+    Ok(Status::Success)
 }
 
 fn hcl_check(text: &str) -> Result<(), String> {

@@ -1,36 +1,27 @@
 //! Commands on the image store: images, inspect IMAGE, verify, tag, rm, gc, export.
 
+use crate::exit::{CliError, Status};
 use kiln_store::{short, Store};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+
+type Done = Result<Status, CliError>;
 
 /// Opens (creating if needed) the store for a command that writes images: build, pull.
-pub fn open(store: &Option<PathBuf>) -> Result<Store, ExitCode> {
+pub fn open(store: &Option<PathBuf>) -> Result<Store, CliError> {
     open_with(store, Store::open)
 }
 
 /// Opens an existing store, creating nothing: for every other command.
-pub fn open_existing(store: &Option<PathBuf>) -> Result<Store, ExitCode> {
+pub fn open_existing(store: &Option<PathBuf>) -> Result<Store, CliError> {
     open_with(store, Store::open_existing)
 }
 
 fn open_with(
     store: &Option<PathBuf>,
     how: fn(&Path) -> kiln_store::Result<Store>,
-) -> Result<Store, ExitCode> {
+) -> Result<Store, CliError> {
     let root = store.clone().unwrap_or_else(kiln_store::default_root);
-    how(&root).map_err(|e| {
-        eprintln!(
-            "error: cannot open the image store at {}: {e}",
-            root.display()
-        );
-        ExitCode::from(1)
-    })
-}
-
-fn fail(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {e}");
-    ExitCode::from(1)
+    how(&root).map_err(|source| CliError::OpenStore { root, source })
 }
 
 fn human(n: u64) -> String {
@@ -48,14 +39,15 @@ fn human(n: u64) -> String {
     }
 }
 
-pub fn images(store: Option<&Store>) -> ExitCode {
-    let list = match store.map(Store::images).transpose() {
-        Ok(l) => l.unwrap_or_default(),
-        Err(e) => return fail(e),
-    };
-    println!(
+pub fn images(store: Option<&Store>) -> Done {
+    let list = store.map(Store::images).transpose()?.unwrap_or_default();
+    say!(
         "{:<20} {:<20} {:<20} {:>10}  {:<20}  TEMPLATE",
-        "TAG", "IMAGE ID", "DISK", "SIZE", "CREATED"
+        "TAG",
+        "IMAGE ID",
+        "DISK",
+        "SIZE",
+        "CREATED"
     );
     for img in list.iter().rev() {
         let Some(store) = store else { break };
@@ -81,7 +73,7 @@ pub fn images(store: Option<&Store>) -> ExitCode {
         } else {
             img.tags.join(",")
         };
-        println!(
+        say!(
             "{:<20} {:<20} {:<20} {:>10}  {:<20}  {}",
             tags,
             short(&img.id),
@@ -91,132 +83,93 @@ pub fn images(store: Option<&Store>) -> ExitCode {
             template
         );
     }
-    ExitCode::SUCCESS
+    Ok(Status::Success)
 }
 
-pub fn inspect(store: &Store, name: &str) -> ExitCode {
-    let id = match store.resolve(name) {
-        Ok(id) => id,
-        Err(e) => return fail(e),
-    };
-    let m = match store.read_json(&id) {
-        Ok(m) => m,
-        Err(e) => return fail(e),
-    };
+pub fn inspect(store: &Store, name: &str) -> Done {
+    let id = store.resolve(name)?;
+    let m = store.read_json(&id)?;
     let cfg = m["config"]["digest"].as_str().map(|d| store.read_json(d));
     let out = serde_json::json!({
         "id": id,
         "manifest": m,
         "config": match cfg { Some(Ok(c)) => c, Some(Err(e)) => serde_json::Value::from(e.to_string()), None => serde_json::Value::Null },
     });
-    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    ExitCode::SUCCESS
+    say!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    Ok(Status::Success)
 }
 
-pub fn verify(store: &Store, names: &[String]) -> ExitCode {
+pub fn verify(store: &Store, names: &[String]) -> Done {
     let mut ids = Vec::new();
     for n in names {
-        match store.resolve(n) {
-            Ok(id) => ids.push(id),
-            Err(e) => return fail(e),
-        }
+        ids.push(store.resolve(n)?);
     }
-    match store.verify(&ids) {
-        Ok(problems) if problems.is_empty() => {
+    match store.verify(&ids)? {
+        problems if problems.is_empty() => {
             let n = if ids.is_empty() {
                 store.images().map(|i| i.len()).unwrap_or(0)
             } else {
                 ids.len()
             };
-            println!(
+            say!(
                 "verified {n} image{}: every blob matches its digest",
                 if n == 1 { "" } else { "s" }
             );
-            ExitCode::SUCCESS
+            Ok(Status::Success)
         }
-        Ok(problems) => {
+        problems => {
             for p in &problems {
-                eprintln!("error: {p}");
+                tell!("error: {p}");
             }
-            eprintln!("{} corrupt or missing blob{} in {}: rebuild the affected images (kiln build -force)", problems.len(), if problems.len() == 1 { "" } else { "s" }, store.root().display());
-            ExitCode::from(1)
+            tell!("{} corrupt or missing blob{} in {}: rebuild the affected images (kiln build -force)", problems.len(), if problems.len() == 1 { "" } else { "s" }, store.root().display());
+            Ok(Status::Failed)
         }
-        Err(e) => fail(e),
     }
 }
 
-pub fn tag(store: &Store, image: &str, name: &str) -> ExitCode {
-    match store
-        .resolve(image)
-        .and_then(|id| store.tag(&id, name).map(|()| id))
-    {
-        Ok(id) => {
-            println!("tagged {} as {name}", short(&id));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+pub fn tag(store: &Store, image: &str, name: &str) -> Done {
+    let id = store.resolve(image)?;
+    store.tag(&id, name)?;
+    say!("tagged {} as {name}", short(&id));
+    Ok(Status::Success)
 }
 
-pub fn rm(store: &Store, image: &str) -> ExitCode {
-    match store
-        .resolve(image)
-        .and_then(|id| store.remove(&id).map(|n| (id, n)))
-    {
-        Ok((id, _)) => {
-            println!("removed {} (its blobs are freed by `kiln gc`)", short(&id));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+pub fn rm(store: &Store, image: &str) -> Done {
+    let id = store.resolve(image)?;
+    store.remove(&id)?;
+    say!("removed {} (its blobs are freed by `kiln gc`)", short(&id));
+    Ok(Status::Success)
 }
 
-pub fn gc(store: &Store, untagged: bool) -> ExitCode {
+pub fn gc(store: &Store, untagged: bool) -> Done {
     if untagged {
-        match store.remove_untagged() {
-            Ok(n) => println!(
-                "removed {n} untagged image{} from the index",
-                if n == 1 { "" } else { "s" }
-            ),
-            Err(e) => return fail(e),
-        }
+        let n = store.remove_untagged()?;
+        say!(
+            "removed {n} untagged image{} from the index",
+            if n == 1 { "" } else { "s" }
+        );
     }
-    match store.gc() {
-        Ok((n, bytes)) => {
-            println!(
-                "removed {n} unreferenced blob{}, {} freed",
-                if n == 1 { "" } else { "s" },
-                human(bytes)
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    let (n, bytes) = store.gc()?;
+    say!(
+        "removed {n} unreferenced blob{}, {} freed",
+        if n == 1 { "" } else { "s" },
+        human(bytes)
+    );
+    Ok(Status::Success)
 }
 
-pub fn export(store: &Store, image: &str, out: &Path, format: &str) -> ExitCode {
-    let id = match store.resolve(image) {
-        Ok(id) => id,
-        Err(e) => return fail(e),
-    };
-    let m = match store.read_json(&id) {
-        Ok(m) => m,
-        Err(e) => return fail(e),
-    };
+pub fn export(store: &Store, image: &str, out: &Path, format: &str) -> Done {
+    let id = store.resolve(image)?;
+    let m = store.read_json(&id)?;
     let Some(digest) = m["layers"][0]["digest"].as_str() else {
-        return fail(format!("image {id} has no disk"));
+        return Err(CliError::failed(format!("image {id} has no disk")));
     };
-    if let Err(e) = store.verify_blob(digest) {
-        return fail(e);
-    }
+    store.verify_blob(digest)?;
     let src_format = m["layers"][0]["mediaType"]
         .as_str()
         .and_then(|t| t.rsplit('.').next())
         .unwrap_or("qcow2");
-    let blob = match store.blob_path(digest) {
-        Ok(b) => b,
-        Err(e) => return fail(e),
-    };
+    let blob = store.blob_path(digest)?;
     let tmp = out.with_extension("kiln-part");
     let st = std::process::Command::new("qemu-img")
         .args(["convert", "-f", src_format, "-O", format])
@@ -224,17 +177,18 @@ pub fn export(store: &Store, image: &str, out: &Path, format: &str) -> ExitCode 
         .arg(&tmp)
         .status();
     match st {
-        Ok(s) if s.success() => match std::fs::rename(&tmp, out) {
-            Ok(()) => {
-                println!("exported {} to {} ({format})", short(&id), out.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(format!("cannot write {}: {e}", out.display())),
-        },
+        Ok(s) if s.success() => {
+            std::fs::rename(&tmp, out)
+                .map_err(|e| CliError::io(format!("cannot write {}", out.display()), e))?;
+            say!("exported {} to {} ({format})", short(&id), out.display());
+            Ok(Status::Success)
+        }
         Ok(s) => {
             let _ = std::fs::remove_file(&tmp);
-            fail(format!("qemu-img convert to {format} failed ({s})"))
+            Err(CliError::failed(format!(
+                "qemu-img convert to {format} failed ({s})"
+            )))
         }
-        Err(e) => fail(format!("cannot run qemu-img (install qemu-utils): {e}")),
+        Err(e) => Err(CliError::io("cannot run qemu-img (install qemu-utils)", e)),
     }
 }

@@ -2,6 +2,9 @@
 //! command, prints, and maps results to exit codes: 0 success, 1 failure or invalid template,
 //! 2 wrong usage, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 
+#[macro_use]
+mod output;
+mod exit;
 mod fmt;
 mod images;
 mod prepare;
@@ -17,6 +20,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+use exit::{CliError, Status};
 
 const AFTER_HELP: &str = "Examples:
   kiln build templates/quickstart.pkr.hcl
@@ -270,7 +275,7 @@ fn load_options(t: &TemplateArgs, syntax_only: bool) -> Result<LoadOptions, Stri
 fn print_diags(d: &Diagnostics) {
     let secrets: Vec<String> = Vec::new();
     for x in &d.0 {
-        eprintln!("{}", kiln_template::redact(&secrets, &x.to_string()));
+        tell!("{}", kiln_template::redact(&secrets, &x.to_string()));
     }
 }
 
@@ -279,19 +284,24 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+            // clap's own message (usage, help, version); help on a closed pipe is no error.
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    exit::code(run(cli))
+}
+
+/// Runs one command; `exit::code` turns the result into the message and exit code.
+fn run(cli: Cli) -> Result<Status, CliError> {
     match cli.cmd {
         Cmd::Version => {
-            println!(
+            say!(
                 "kiln {} (reads Packer {} templates)",
                 env!("CARGO_PKG_VERSION"),
                 kiln_template::PACKER_COMPAT_VERSION
             );
-            ExitCode::SUCCESS
+            Ok(Status::Success)
         }
         Cmd::Validate { t, syntax_only } => validate(&t, syntax_only),
         Cmd::Inspect { t } => {
@@ -302,19 +312,10 @@ pub fn main() -> ExitCode {
                 return match kiln_store::Store::open_existing(&root) {
                     Ok(store) => match store.resolve(&name) {
                         Ok(_) => images::inspect(&store, &name),
-                        Err(e @ kiln_store::StoreError::Ambiguous(..)) => {
-                            eprintln!("error: {e}");
-                            ExitCode::from(1)
-                        }
-                        Err(_) => {
-                            eprintln!("error: {name:?} is neither a template file or directory nor an image in the store at {} (see `kiln images`)", root.display());
-                            ExitCode::from(1)
-                        }
+                        Err(e @ kiln_store::StoreError::Ambiguous(..)) => Err(e.into()),
+                        Err(_) => Err(CliError::failed(format!("{name:?} is neither a template file or directory nor an image in the store at {} (see `kiln images`)", root.display()))),
                     },
-                    Err(e) => {
-                        eprintln!("error: {name:?} is not a template file or directory, and it cannot be looked up as an image: {e}");
-                        ExitCode::from(1)
-                    }
+                    Err(e) => Err(CliError::failed(format!("{name:?} is not a template file or directory, and it cannot be looked up as an image: {e}"))),
                 };
             }
             inspect(&t)
@@ -325,33 +326,25 @@ pub fn main() -> ExitCode {
                 // No store yet: nothing built, nothing to list (and nothing created).
                 Err(kiln_store::StoreError::NoStore(_)) => images::images(None),
                 Ok(s) => images::images(Some(&s)),
-                Err(e) => {
-                    eprintln!(
-                        "error: cannot open the image store at {}: {e}",
-                        root.display()
-                    );
-                    ExitCode::from(1)
-                }
+                Err(source) => Err(CliError::OpenStore { root, source }),
             }
         }
         Cmd::Verify { images: names } => {
-            images::open_existing(&cli.store).map_or_else(|c| c, |s| images::verify(&s, &names))
+            images::open_existing(&cli.store).and_then(|s| images::verify(&s, &names))
         }
         Cmd::Tag { image, name } => {
-            images::open_existing(&cli.store).map_or_else(|c| c, |s| images::tag(&s, &image, &name))
+            images::open_existing(&cli.store).and_then(|s| images::tag(&s, &image, &name))
         }
-        Cmd::Rm { image } => {
-            images::open_existing(&cli.store).map_or_else(|c| c, |s| images::rm(&s, &image))
-        }
+        Cmd::Rm { image } => images::open_existing(&cli.store).and_then(|s| images::rm(&s, &image)),
         Cmd::Gc { untagged } => {
-            images::open_existing(&cli.store).map_or_else(|c| c, |s| images::gc(&s, untagged))
+            images::open_existing(&cli.store).and_then(|s| images::gc(&s, untagged))
         }
         Cmd::Export {
             image,
             output,
             format,
         } => images::open_existing(&cli.store)
-            .map_or_else(|c| c, |s| images::export(&s, &image, &output, &format)),
+            .and_then(|s| images::export(&s, &image, &output, &format)),
         Cmd::Build {
             t,
             force,
@@ -363,20 +356,9 @@ pub fn main() -> ExitCode {
             cache_required,
             plain_http,
         } => {
-            let remote = match registry::cache_from_args(&cache_from, &cache_to, plain_http) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let secret = match cache_secret() {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
+            let remote = registry::cache_from_args(&cache_from, &cache_to, plain_http)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let secret = cache_secret().map_err(CliError::Usage)?;
             let remote = CacheOpts {
                 remote,
                 required: cache_required,
@@ -397,15 +379,12 @@ pub fn main() -> ExitCode {
             image,
             reference,
             plain_http,
-        } => images::open_existing(&cli.store).map_or_else(
-            |c| c,
-            |s| registry::push(&s, &image, &reference, plain_http),
-        ),
+        } => images::open_existing(&cli.store)
+            .and_then(|s| registry::push(&s, &image, &reference, plain_http)),
         Cmd::Pull {
             reference,
             plain_http,
-        } => images::open(&cli.store)
-            .map_or_else(|c| c, |s| registry::pull(&s, &reference, plain_http)),
+        } => images::open(&cli.store).and_then(|s| registry::pull(&s, &reference, plain_http)),
         Cmd::Login {
             registry: host,
             username,
@@ -426,67 +405,57 @@ pub fn main() -> ExitCode {
                 "fish" => clap_complete::Shell::Fish,
                 _ => clap_complete::Shell::Bash,
             };
+            // Into memory first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
             clap_complete::generate(
                 shell,
                 &mut <Cli as clap::CommandFactory>::command(),
                 "kiln",
-                &mut std::io::stdout(),
+                &mut script,
             );
-            ExitCode::SUCCESS
+            say!("{}", String::from_utf8_lossy(&script).trim_end());
+            Ok(Status::Success)
         }
     }
 }
 
-fn validate(t: &TemplateArgs, syntax_only: bool) -> ExitCode {
-    let opts = match load_options(t, syntax_only) {
-        Ok(o) => o,
-        Err(m) => {
-            eprintln!("error: {m}");
-            return ExitCode::from(2);
-        }
-    };
+fn validate(t: &TemplateArgs, syntax_only: bool) -> Result<Status, CliError> {
+    let opts = load_options(t, syntax_only).map_err(CliError::Usage)?;
     match prepare::prepare(&t.template, &opts, "validate", None) {
         Ok(p) => {
             print_diags(&p.diags);
             if syntax_only {
-                println!("the template's syntax is valid: {}", t.template.display());
+                say!("the template's syntax is valid: {}", t.template.display());
             } else {
-                println!(
+                say!(
                     "the template is valid: {} ({} build{})",
                     t.template.display(),
                     p.jobs.len(),
                     if p.jobs.len() == 1 { "" } else { "s" }
                 );
             }
-            ExitCode::SUCCESS
+            Ok(Status::Success)
         }
         Err(d) => {
             print_diags(&d);
             let n = d.errors().count();
-            eprintln!(
+            Err(CliError::Reported(format!(
                 "the template is invalid: {n} error{}",
                 if n == 1 { "" } else { "s" }
-            );
-            ExitCode::from(1)
+            )))
         }
     }
 }
 
-fn inspect(t: &TemplateArgs) -> ExitCode {
-    let opts = match load_options(t, false) {
-        Ok(o) => o,
-        Err(m) => {
-            eprintln!("error: {m}");
-            return ExitCode::from(2);
-        }
-    };
+fn inspect(t: &TemplateArgs) -> Result<Status, CliError> {
+    let opts = load_options(t, false).map_err(CliError::Usage)?;
     let (plan, diags) = kiln_template::load(&t.template, &opts);
     print_diags(&diags);
     let Some(plan) = plan else {
-        return ExitCode::from(1);
+        return Ok(Status::Failed);
     };
-    print!("{}", render_inspect(&plan));
-    ExitCode::SUCCESS
+    say!("{}", render_inspect(&plan).trim_end_matches('\n'));
+    Ok(Status::Success)
 }
 
 fn render_inspect(plan: &Plan) -> String {
@@ -596,22 +565,13 @@ fn build(
     out: &OutputArgs,
     cache: CacheOpts,
     plain_http: bool,
-) -> ExitCode {
+) -> Result<Status, CliError> {
     let remote = cache.remote;
-    let opts = match load_options(t, false) {
-        Ok(o) => o,
-        Err(m) => {
-            eprintln!("error: {m}");
-            return ExitCode::from(2);
-        }
-    };
+    let opts = load_options(t, false).map_err(CliError::Usage)?;
     let run_uuid = kiln_template::funcs::uuidv4();
     // Host-script and box scratch (kiln-shell-local-*, kiln-box-*) of a kiln that was SIGKILLed.
     kiln_core::workdir::sweep_stale(&std::env::temp_dir());
-    let store = match images::open(store) {
-        Ok(s) => Arc::new(s),
-        Err(code) => return code,
-    };
+    let store = Arc::new(images::open(store)?);
     let bases = prepare::BaseResolver {
         store: &store,
         plain_http,
@@ -620,8 +580,9 @@ fn build(
         Ok(p) => p,
         Err(d) => {
             print_diags(&d);
-            eprintln!("the template is invalid: nothing was built");
-            return ExitCode::from(1);
+            return Err(CliError::Reported(
+                "the template is invalid: nothing was built".into(),
+            ));
         }
     };
     print_diags(&prepared.diags);
@@ -658,7 +619,7 @@ fn build(
     let ui3 = ui.clone();
     let ask: engine::AskFn = Arc::new(move |q: &str| {
         ui3.suspend(|| {
-            eprint!("{q}\n[c] clean up, [a] abort and keep the guest: ");
+            output::prompt(format!("{q}\n[c] clean up, [a] abort and keep the guest: "));
             let mut s = String::new();
             let _ = std::io::stdin().read_line(&mut s);
             s.trim().chars().next().unwrap_or('c')
@@ -668,7 +629,7 @@ fn build(
     let pause: Option<engine::AskFn> = (out.debug && interactive).then(|| -> engine::AskFn {
         Arc::new(move |q: &str| {
             ui4.suspend(|| {
-                eprint!("{q} — press Enter to continue: ");
+                output::prompt(format!("{q} — press Enter to continue: "));
                 let mut s = String::new();
                 let _ = std::io::stdin().read_line(&mut s);
                 'c'
@@ -676,7 +637,7 @@ fn build(
         })
     });
     if out.debug && !interactive {
-        eprintln!("warning: -debug pauses only when stdin is a terminal; running without pauses");
+        tell!("warning: -debug pauses only when stdin is a terminal; running without pauses");
     }
     // As in Packer, -debug keeps a failed guest for inspection.
     let on_error = if out.debug && interactive {
@@ -717,6 +678,7 @@ fn build(
             .artifact
             .as_ref()
             .map(|a| a.id.clone())
+            .filter(|id| !id.is_empty())
             .unwrap_or_else(|| "-".into());
         summary.push_str(&format!(
             "    {:<24} {:<12} {:>7.1}s  {}\n",
@@ -725,13 +687,13 @@ fn build(
     }
     ui.summary(summary.trim_end());
     if let Some(sig) = signals::received() {
-        return ExitCode::from(128 + sig as u8);
+        return Ok(Status::Signal(sig));
     }
-    if outcomes.iter().all(|o| o.ok) {
-        ExitCode::SUCCESS
+    Ok(if outcomes.iter().all(|o| o.ok) {
+        Status::Success
     } else {
-        ExitCode::from(1)
-    }
+        Status::Failed
+    })
 }
 
 #[cfg(test)]

@@ -1,123 +1,88 @@
 //! Registry commands (push, pull, login, logout) and the shared build cache behind
 //! `--cache-from` / `--cache-to`.
 
+use crate::exit::{CliError, Status};
 use kiln_core::{Emitter, EventKind};
 use kiln_registry::{cache_tag, Client, Credentials, Reference};
 use kiln_store::{short, Store};
 use std::io::{IsTerminal, Read};
-use std::process::ExitCode;
 
-fn fail(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {e}");
-    ExitCode::from(1)
-}
+type Done = Result<Status, CliError>;
 
 fn progress_printer(verb: &'static str) -> impl FnMut(&str, u64, u64) {
     let mut last = String::new();
     move |digest: &str, done: u64, total: u64| {
         if done >= total && last != digest {
             last = digest.to_string();
-            eprintln!("{verb} {} ({total} bytes)", short(digest));
+            tell!("{verb} {} ({total} bytes)", short(digest));
         }
     }
 }
 
-pub fn push(store: &Store, image: &str, reference: &str, plain_http: bool) -> ExitCode {
-    let r = match Reference::parse(reference) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
-    let id = match store.resolve(image) {
-        Ok(id) => id,
-        Err(e) => return fail(e),
-    };
-    let client = match Client::new(&r.registry, plain_http, None) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
+pub fn push(store: &Store, image: &str, reference: &str, plain_http: bool) -> Done {
+    let r = Reference::parse(reference)?;
+    let id = store.resolve(image)?;
+    let client = Client::new(&r.registry, plain_http, None)?;
     let r = if r.tag.is_none() && r.digest.is_none() {
         r.with_tag("latest")
     } else {
         r
     };
-    match client.push(store, &id, &r, &mut progress_printer("pushed")) {
-        Ok(d) => {
-            println!("pushed {} to {r} ({d})", short(&id));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    let d = client.push(store, &id, &r, &mut progress_printer("pushed"))?;
+    say!("pushed {} to {r} ({d})", short(&id));
+    Ok(Status::Success)
 }
 
-pub fn pull(store: &Store, reference: &str, plain_http: bool) -> ExitCode {
-    let r = match Reference::parse(reference) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
+pub fn pull(store: &Store, reference: &str, plain_http: bool) -> Done {
+    let r = Reference::parse(reference)?;
     if r.digest.is_none() && r.tag.is_none() {
-        eprintln!("warning: no tag or digest given; pulling {r}:latest");
+        tell!("warning: no tag or digest given; pulling {r}:latest");
     }
-    let client = match Client::new(&r.registry, plain_http, None) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
+    let client = Client::new(&r.registry, plain_http, None)?;
     let local = r.to_string();
-    match client.pull(store, &r, Some(&local), &mut progress_printer("pulled")) {
-        Ok(Some(id)) => {
-            println!("pulled {r} as image {} (tag {local})", short(&id));
-            ExitCode::SUCCESS
+    match client.pull(store, &r, Some(&local), &mut progress_printer("pulled"))? {
+        Some(id) => {
+            say!("pulled {r} as image {} (tag {local})", short(&id));
+            Ok(Status::Success)
         }
-        Ok(None) => fail(format!("{r} does not exist in the registry")),
-        Err(e) => fail(e),
+        None => Err(CliError::failed(format!(
+            "{r} does not exist in the registry"
+        ))),
     }
 }
 
-pub fn login(
-    registry: &str,
-    user: Option<String>,
-    password_stdin: bool,
-    plain_http: bool,
-) -> ExitCode {
+pub fn login(registry: &str, user: Option<String>, password_stdin: bool, plain_http: bool) -> Done {
     let Some(user) = user else {
-        return fail("give the user name with -u USER");
+        return Err(CliError::Usage("give the user name with -u USER".into()));
     };
     let secret = if password_stdin || !std::io::stdin().is_terminal() {
         let mut s = String::new();
         if std::io::stdin().read_to_string(&mut s).is_err() {
-            return fail("cannot read the password from stdin");
+            return Err(CliError::failed("cannot read the password from stdin"));
         }
         s.trim_end_matches(['\n', '\r']).to_string()
     } else {
-        return fail("pass the password on stdin: echo \"$PASSWORD\" | kiln login --password-stdin -u USER REGISTRY");
+        return Err(CliError::Usage("pass the password on stdin: echo \"$PASSWORD\" | kiln login --password-stdin -u USER REGISTRY".into()));
     };
     let creds = Credentials { user, secret };
-    let client = match Client::new(registry, plain_http, Some(creds.clone())) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    if let Err(e) = client.ping() {
-        return fail(e);
-    }
-    match kiln_registry::save_login(registry, &creds) {
-        Ok(f) => {
-            println!(
-                "login succeeded; credentials for {registry} saved in {}",
-                f.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    let client = Client::new(registry, plain_http, Some(creds.clone()))?;
+    client.ping()?;
+    let f = kiln_registry::save_login(registry, &creds)?;
+    say!(
+        "login succeeded; credentials for {registry} saved in {}",
+        f.display()
+    );
+    Ok(Status::Success)
 }
 
-pub fn logout(registry: &str) -> ExitCode {
-    match kiln_registry::remove_login(registry) {
-        Ok(true) => {
-            println!("removed the credentials for {registry}");
-            ExitCode::SUCCESS
-        }
-        Ok(false) => fail(format!("kiln has no credentials for {registry}")),
-        Err(e) => fail(e),
+pub fn logout(registry: &str) -> Done {
+    if kiln_registry::remove_login(registry)? {
+        say!("removed the credentials for {registry}");
+        Ok(Status::Success)
+    } else {
+        Err(CliError::failed(format!(
+            "kiln has no credentials for {registry}"
+        )))
     }
 }
 
@@ -131,7 +96,7 @@ pub struct RegistryCache {
 impl RegistryCache {
     fn client(&self, r: &Reference) -> kiln_core::Result<Client> {
         Client::new(&r.registry, self.plain_http, None)
-            .map_err(|e| kiln_core::Error::failed(e.to_string()))
+            .map_err(|e| kiln_core::Error::other("shared cache", e))
     }
 }
 
@@ -151,7 +116,7 @@ impl kiln_core::engine::RemoteCache for RegistryCache {
                     total,
                 })
             })
-            .map_err(|e| kiln_core::Error::failed(format!("shared cache {from}: {e}")))
+            .map_err(|e| kiln_core::Error::other(format!("shared cache {from}"), e))
     }
 
     fn publish(&self, key: &str, id: &str, store: &Store, em: &Emitter) -> kiln_core::Result<()> {
@@ -166,7 +131,7 @@ impl kiln_core::engine::RemoteCache for RegistryCache {
                     total,
                 })
             })
-            .map_err(|e| kiln_core::Error::failed(format!("shared cache {to}: {e}")))?;
+            .map_err(|e| kiln_core::Error::other(format!("shared cache {to}"), e))?;
         em.say(format!(
             "uploaded image {} to the shared cache {to}",
             short(id)

@@ -341,12 +341,15 @@ impl Ui {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
                 for l in text.lines() {
-                    println!("{ts},,ui,say,{}", l.replace(',', "%!(PACKER_COMMA)"));
+                    crate::output::out(format_args!(
+                        "{ts},,ui,say,{}",
+                        l.replace(',', "%!(PACKER_COMMA)")
+                    ));
                 }
             }
             _ => {
                 let _g = self.lock.lock();
-                println!("{text}");
+                crate::output::out(text);
             }
         }
     }

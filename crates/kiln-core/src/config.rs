@@ -116,6 +116,17 @@ pub fn decode<T: DeserializeOwned>(c: &Component, also_allowed: &[&str]) -> Resu
     }
 }
 
+/// A value an option cannot take; the message says what it takes instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl From<String> for ConfigError {
+    fn from(s: String) -> Self {
+        ConfigError(s)
+    }
+}
+
 /// A string option that also accepts numbers and bools (Packer's weak decoding).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Text(pub String);
@@ -165,7 +176,11 @@ impl<'de> Deserialize<'de> for Num {
                 .or_else(|| {
                     n.as_f64()
                         .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
-                        .map(|f| f as u64)
+                        // Integral and in range (checked just above): exact.
+                        .map(
+                            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                            |f| f as u64,
+                        )
                 })
                 .map(Num)
                 .ok_or_else(|| {
@@ -270,14 +285,14 @@ pub fn weak_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> 
 }
 
 /// The error for a value outside a fixed set of names: the names, and the nearest one.
-pub fn choice_error(got: &str, names: &[&str]) -> String {
-    match did_you_mean(got, names.iter().copied()) {
+pub fn choice_error(got: &str, names: &[&str]) -> ConfigError {
+    ConfigError(match did_you_mean(got, names.iter().copied()) {
         Some(s) => format!(
             "{got:?} is not one of {} (did you mean {s:?}?)",
             names.join(", ")
         ),
         None => format!("{got:?} is not one of {}", names.join(", ")),
-    }
+    })
 }
 
 /// Declares an option whose value is one of a fixed set of names: an enum with `FromStr`
@@ -296,8 +311,8 @@ macro_rules! choice {
             }
         }
         impl std::str::FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = $crate::config::ConfigError;
+            fn from_str(s: &str) -> Result<Self, $crate::config::ConfigError> {
                 match s {
                     $($s => Ok(Self::$var),)+
                     other => Err($crate::config::choice_error(other, Self::NAMES)),
@@ -347,7 +362,7 @@ macro_rules! bounded {
         }
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_u64(u64::from(self.0))
+                self.0.serialize(s)
             }
         }
         impl std::fmt::Display for $name {
@@ -371,6 +386,10 @@ bounded!(
     MemoryMib: u64, 16, 16 << 20, " (MiB)"
 );
 bounded!(
+    /// A process exit status, 0 to 255 (`valid_exit_codes`).
+    ExitStatus: i32, 0, 255, " (an exit status)"
+);
+bounded!(
     /// How many times to try something, 1 to 10000.
     Attempts: u32, 1, 10_000, ""
 );
@@ -381,13 +400,15 @@ bounded!(
 pub struct ByteSize(pub u64);
 
 impl std::str::FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let n: u64 = t[..split]
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: write it like \"10G\" or \"10240\" (MiB)"))?;
+        let n: u64 = t[..split].parse().map_err(|_| {
+            ConfigError(format!(
+                "invalid size {s:?}: write it like \"10G\" or \"10240\" (MiB)"
+            ))
+        })?;
         let mult: u64 = match t[split..]
             .trim()
             .to_ascii_uppercase()
@@ -399,14 +420,14 @@ impl std::str::FromStr for ByteSize {
             "G" => 1 << 30,
             "T" => 1 << 40,
             other => {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "invalid size unit {other:?} in {s:?}: use K, M, G or T"
-                ))
+                )))
             }
         };
         n.checked_mul(mult)
             .map(ByteSize)
-            .ok_or_else(|| format!("size {s:?} is too large"))
+            .ok_or_else(|| ConfigError(format!("size {s:?} is too large")))
     }
 }
 
@@ -523,7 +544,11 @@ pub mod key {
 }
 
 /// Parses Go's duration syntax.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    parse_go_duration(s).map_err(ConfigError)
+}
+
+fn parse_go_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t == "0" || t.is_empty() {
         return Ok(Duration::ZERO);
@@ -675,7 +700,7 @@ mod tests {
 
     #[test]
     fn sizes_parse_like_packer_disk_size() {
-        let size = |s: &str| s.parse::<ByteSize>().map(|b| b.0);
+        let size = |s: &str| s.parse::<ByteSize>().map(|b| b.0).map_err(|e| e.0);
         assert_eq!(size("10240"), Ok(10240 << 20));
         assert_eq!(size("10G"), Ok(10 << 30));
         assert_eq!(size("512MiB"), Ok(512 << 20));
@@ -724,6 +749,13 @@ mod tests {
     fn durations_parse_go_syntax() {
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("1h2m3s"), Ok(Duration::from_secs(3723)));
+        assert_eq!(
+            parse_duration("5 minutes").map_err(|e| e.to_string()),
+            Err(
+                "invalid duration \"5 minutes\": unknown unit \" minutes\" (use ms, s, m, h)"
+                    .to_string()
+            )
+        );
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("10").is_err());
         // Found by fuzz/boot_command: a huge number panicked in Duration::from_secs_f64.

@@ -192,7 +192,7 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
     let (machine, records) = provision(job, opts, em, cancel, machine, keyed.as_ref(), &vars)?;
     cancel.check()?;
     em.phase("shutdown");
-    let tmp = opts.store.temp_dir().map_err(store_err)?;
+    let tmp = opts.store.temp_dir()?;
     let built = machine.shutdown(em, cancel, tmp.path())?;
     cancel.check()?;
     let artifact = match (built.output, publish, keyed) {
@@ -272,7 +272,7 @@ fn key(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<Ke
             if !job.secrets.is_empty() && opts.remote.is_some() {
                 em.warn("the shared cache cannot match this build on another machine: it has sensitive values, which enter the cache key as HMACs under this store's own secret; set KILN_CACHE_SECRET (or KILN_CACHE_SECRET_FILE) to the same value on every runner");
             }
-            opts.store.secret().map_err(store_err)?
+            opts.store.secret()?
         }
     };
     let inputs = resolve_markers(cache_key_inputs(job, em, cancel)?, &job.secrets, &secret)?;
@@ -296,8 +296,7 @@ fn lookup(
     }
     let local = opts
         .store
-        .lookup_key(&k.key)
-        .map_err(store_err)?
+        .lookup_key(&k.key)?
         .map(|id| (id, "has the same inputs"));
     let hit = match (local, &opts.remote) {
         (Some(h), _) => Some(h),
@@ -328,8 +327,7 @@ fn lookup(
     // is not: commit_image hashed it moments ago.)
     if let Some(problem) = opts
         .store
-        .verify(std::slice::from_ref(&id))
-        .map_err(store_err)?
+        .verify(std::slice::from_ref(&id))?
         .into_iter()
         .next()
     {
@@ -435,18 +433,15 @@ fn store(
     let text = kiln_template::redact(&job.secrets, &config.to_string());
     config = serde_json::from_str(&text).map_err(|e| Error::failed(format!("manifest: {e}")))?;
     let media = format!("application/vnd.kiln.disk.{}", disk.format);
-    let (id, disk_ref) = opts
-        .store
-        .commit_image(&kiln_store::NewImage {
-            disk: &disk.path,
-            disk_media_type: &media,
-            disk_title: &p.file_name,
-            config: &config,
-            cache_key: Some(&k.key),
-            tag: Some(&job.tag),
-            created: &crate::now_rfc3339(),
-        })
-        .map_err(store_err)?;
+    let (id, disk_ref) = opts.store.commit_image(&kiln_store::NewImage {
+        disk: &disk.path,
+        disk_media_type: &media,
+        disk_title: &p.file_name,
+        config: &config,
+        cache_key: Some(&k.key),
+        tag: Some(&job.tag),
+        created: &crate::now_rfc3339(),
+    })?;
     em.say(format!(
         "stored image {} (disk {}, {} bytes)",
         kiln_store::short(&id),
@@ -498,14 +493,10 @@ fn publish_phase(
     }
 }
 
-fn store_err(e: kiln_store::StoreError) -> Error {
-    Error::failed(format!("image store: {e}"))
-}
-
 /// A stored image's disk layer, its disk (format, virtual size) and build facts, read from its
 /// manifest and kiln config.
 fn stored_image(store: &Store, id: &str) -> Result<(StoredImage, Option<DiskInfo>, BuildMeta)> {
-    let m = store.read_json(id).map_err(store_err)?;
+    let m = store.read_json(id)?;
     let layer = &m["layers"][0];
     let digest = layer["digest"]
         .as_str()
@@ -667,7 +658,7 @@ fn publish_disk(
     em: &Emitter,
     cancel: &Cancel,
 ) -> Result<Vec<PathBuf>> {
-    let blob = store.blob_path(&image.disk_digest).map_err(store_err)?;
+    let blob = store.blob_path(&image.disk_digest)?;
     let out_dir = &p.dir;
     let target = out_dir.join(&p.file_name);
     if out_dir.exists() {

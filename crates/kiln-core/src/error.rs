@@ -26,6 +26,16 @@ pub enum Error {
     /// A failure no retry can fix (a changed SSH host key): steps that retry stop at once.
     #[error("{0}")]
     Fatal(String),
+    /// The image store refused or failed (its error kept as the cause).
+    #[error("image store: {0}")]
+    Store(#[from] kiln_store::StoreError),
+    /// A failure in another crate (the registry behind the shared cache, …), with context.
+    #[error("{what}: {source}")]
+    Other {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
@@ -37,6 +47,16 @@ impl Error {
     }
     pub fn failed(msg: impl Into<String>) -> Self {
         Error::Failed(msg.into())
+    }
+    /// `source` with what kiln was doing, keeping it as the cause.
+    pub fn other(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Other {
+            what: what.into(),
+            source: Box::new(source),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ fn file_digest(p: &Path, meta: &std::fs::Metadata) -> Result<String> {
     let hash = |p: &Path| {
         kiln_store::hash_file(p)
             .map(|(d, _)| d)
-            .map_err(|e| Error::failed(e.to_string()))
+            .map_err(Error::from)
     };
     if meta.len() < (1 << 20) {
         return hash(p);
@@ -125,8 +125,7 @@ pub fn digest_path(p: &Path) -> Result<String> {
                 entries.push(format!("d {rel} {:o}", m.permissions().mode() & 0o7777));
                 stack.push(path);
             } else {
-                let (d, _) =
-                    kiln_store::hash_file(&path).map_err(|e| Error::failed(e.to_string()))?;
+                let (d, _) = kiln_store::hash_file(&path)?;
                 entries.push(format!("f {rel} {:o} {d}", m.permissions().mode() & 0o7777));
             }
         }

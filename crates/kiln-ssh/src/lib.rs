@@ -43,7 +43,9 @@ pub struct SshConfig {
 
 /// The OpenSSH fingerprint (`SHA256:` + unpadded base64) of `ssh_host_key` as written: a
 /// fingerprint stays as it is; a public key line is hashed.
-pub fn host_key_fingerprint(spec: &str) -> std::result::Result<String, String> {
+pub fn host_key_fingerprint(
+    spec: &str,
+) -> std::result::Result<String, kiln_core::config::ConfigError> {
     use base64::Engine as _;
     let spec = spec.trim();
     if let Some(fp) = spec.strip_prefix("SHA256:") {
@@ -53,7 +55,7 @@ pub fn host_key_fingerprint(spec: &str) -> std::result::Result<String, String> {
         return if ok {
             Ok(format!("SHA256:{}", fp.trim_end_matches('=')))
         } else {
-            Err(format!("ssh_host_key {spec:?} is not a SHA256 fingerprint (SHA256: and 43 base64 characters, as `ssh-keygen -lf` prints)"))
+            Err(format!("ssh_host_key {spec:?} is not a SHA256 fingerprint (SHA256: and 43 base64 characters, as `ssh-keygen -lf` prints)").into())
         };
     }
     let mut it = spec.split_whitespace();
@@ -67,8 +69,16 @@ pub fn host_key_fingerprint(spec: &str) -> std::result::Result<String, String> {
                 .ok()
                 .filter(|b| b.len() > 16)
         })
-        .ok_or_else(|| format!("ssh_host_key {spec:?} is neither a SHA256:… fingerprint nor a public key line (`ssh-ed25519 AAAA…`)"))?;
+        .ok_or_else(|| kiln_core::config::ConfigError(format!("ssh_host_key {spec:?} is neither a SHA256:… fingerprint nor a public key line (`ssh-ed25519 AAAA…`)")))?;
     Ok(fingerprint(&blob))
+}
+
+/// A libssh2 timeout in milliseconds (0 = none); a longer wait than u32 holds (49 days) is
+/// the longest it takes.
+fn millis(t: Option<Duration>) -> u32 {
+    t.map_or(0, |t| {
+        u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1)
+    })
 }
 
 fn fingerprint(blob: &[u8]) -> String {
@@ -147,7 +157,7 @@ impl SshComm {
     ) -> Result<SshComm> {
         let pinned = match cfg.host_key.as_deref().map(host_key_fingerprint) {
             Some(Ok(fp)) => Some(fp),
-            Some(Err(e)) => return Err(Error::failed(e)),
+            Some(Err(e)) => return Err(Error::failed(e.to_string())),
             None => None,
         };
         let mut c = SshComm {
@@ -349,7 +359,10 @@ impl SshComm {
         }
         sess.set_timeout(0);
         if self.cfg.keep_alive > Duration::ZERO {
-            sess.set_keepalive(false, self.cfg.keep_alive.as_secs().max(1) as u32);
+            sess.set_keepalive(
+                false,
+                u32::try_from(self.cfg.keep_alive.as_secs().max(1)).unwrap_or(u32::MAX),
+            );
         }
         Ok((sess, fp))
     }
@@ -461,7 +474,7 @@ impl SshComm {
         mode: u32,
     ) -> std::result::Result<(), String> {
         let sess = self.ensure().map_err(|e| e.to_string())?.clone();
-        sess.set_timeout(self.op_timeout.map_or(0, |t| t.as_millis() as u32));
+        sess.set_timeout(millis(self.op_timeout));
         let r = (|| {
             let mut ch = sess
                 .scp_send(

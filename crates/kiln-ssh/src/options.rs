@@ -260,7 +260,7 @@ impl SshOptions {
             if let Some(k) = cfg.host_key.as_deref() {
                 if let Err(m) = crate::host_key_fingerprint(k) {
                     d.push(Diagnostic::error(
-                        m,
+                        m.to_string(),
                         Some(c.span_of("ssh_host_key").clone()),
                     ));
                 }

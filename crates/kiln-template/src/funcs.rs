@@ -342,6 +342,25 @@ fn str_arg(a: &FuncArgs, i: usize) -> Result<&str, String> {
         .and_then(Value::as_str)
         .ok_or_else(|| format!("argument {} must be a string", i + 1))
 }
+/// A whole-number argument: HCL numbers are floats, and a fraction or a value past ±9e15 is an
+/// error rather than a silently truncated index or count.
+fn int_arg(a: &FuncArgs, i: usize) -> Result<i64, String> {
+    let f = num_arg(a, i)?;
+    if f.fract() != 0.0 || f.abs() > 9.0e15 {
+        return Err(format!(
+            "argument {} must be a whole number, got {f}",
+            i + 1
+        ));
+    }
+    #[allow(clippy::cast_possible_truncation)] // integral and within ±9e15: exact
+    Ok(f as i64)
+}
+
+/// A whole-number argument that indexes or counts (not negative).
+fn index_arg(a: &FuncArgs, i: usize) -> Result<usize, String> {
+    usize::try_from(int_arg(a, i)?).map_err(|_| format!("argument {} must not be negative", i + 1))
+}
+
 fn num_arg(a: &FuncArgs, i: usize) -> Result<f64, String> {
     a.get(i)
         .and_then(Value::as_f64)
@@ -383,6 +402,7 @@ pub fn type_name(v: &Value) -> &'static str {
 /// A number value, integral when it can be.
 pub fn num(f: f64) -> Value {
     if f.fract() == 0.0 && f.abs() < 9.0e15 {
+        #[allow(clippy::cast_possible_truncation)] // integral and within ±9e15: exact
         Value::from(f as i64)
     } else {
         Number::from_f64(f).map_or(Value::Null, Value::Number)
@@ -525,7 +545,8 @@ fn format_values(fmt: &str, args: &[Value]) -> Result<String, String> {
                     .as_f64()
                     .or_else(|| arg.as_str().and_then(|s| s.parse().ok()))
                     .ok_or("%d needs a number")?;
-                format!("{}", n.trunc() as i64)
+                // Go's %d of a float is the integer part; no digits beyond f64's own.
+                format!("{:.0}", n.trunc())
             }
             'f' | 'g' | 'e' => {
                 let n = arg
@@ -663,8 +684,8 @@ fn regexall(a: FuncArgs) -> R {
 }
 
 fn indent(a: FuncArgs) -> R {
-    let n = num_arg(&a, 0)?.max(0.0) as usize;
-    let pad = " ".repeat(n);
+    let n = int_arg(&a, 0)?.clamp(0, 1 << 16);
+    let pad = " ".repeat(usize::try_from(n).unwrap_or(0));
     let s = str_arg(&a, 1)?;
     Ok(Value::from(
         s.lines()
@@ -684,17 +705,15 @@ fn indent(a: FuncArgs) -> R {
 
 fn substr(a: FuncArgs) -> R {
     let chars: Vec<char> = str_arg(&a, 0)?.chars().collect();
-    let len = chars.len() as i64;
-    let mut off = num_arg(&a, 1)? as i64;
+    let len = i64::try_from(chars.len()).unwrap_or(i64::MAX);
+    let mut off = int_arg(&a, 1)?;
     if off < 0 {
         off += len;
     }
-    let off = off.clamp(0, len) as usize;
-    let n = num_arg(&a, 2)? as i64;
-    let end = if n < 0 {
-        chars.len()
-    } else {
-        (off + n as usize).min(chars.len())
+    let off = usize::try_from(off.clamp(0, len)).unwrap_or(0);
+    let end = match usize::try_from(int_arg(&a, 2)?) {
+        Err(_) => chars.len(), // a negative length: to the end
+        Ok(n) => off.saturating_add(n).min(chars.len()),
     };
     Ok(Value::from(chars[off..end].iter().collect::<String>()))
 }
@@ -740,11 +759,8 @@ fn element(a: FuncArgs) -> R {
     if l.is_empty() {
         return Err("cannot use element on an empty list".into());
     }
-    let i = num_arg(&a, 1)?;
-    if i < 0.0 {
-        return Err("element index must not be negative".into());
-    }
-    Ok(l[i as usize % l.len()].clone())
+    let i = index_arg(&a, 1).map_err(|_| "element index must be a whole number, not negative")?;
+    Ok(l[i % l.len()].clone())
 }
 
 fn flatten_into(l: &[Value], out: &mut Vec<Value>) {
@@ -768,7 +784,7 @@ fn distinct(it: impl Iterator<Item = Value>) -> Vec<Value> {
 
 fn slice(a: FuncArgs) -> R {
     let l = list_arg(&a, 0)?;
-    let (s, e) = (num_arg(&a, 1)? as usize, num_arg(&a, 2)? as usize);
+    let (s, e) = (index_arg(&a, 1)?, index_arg(&a, 2)?);
     if s > e || e > l.len() {
         return Err(format!(
             "slice indexes {s}..{e} are out of range for a list of {} elements",
@@ -795,10 +811,10 @@ fn minmax(a: &FuncArgs, min: bool) -> R {
 }
 
 fn parseint(a: FuncArgs) -> R {
-    let base = num_arg(&a, 1)? as u32;
-    if !(2..=36).contains(&base) {
+    let base = int_arg(&a, 1)?;
+    let Some(base) = u32::try_from(base).ok().filter(|b| (2..=36).contains(b)) else {
         return Err("base must be between 2 and 36".into());
-    }
+    };
     let s = to_str(&a[0])?;
     i64::from_str_radix(&s, base)
         .map(Value::from)

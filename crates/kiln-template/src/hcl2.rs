@@ -1267,8 +1267,9 @@ impl<'o> Loader<'o> {
                 .value
                 .as_u64()
                 .or_else(|| a.value.as_str().and_then(|s| s.parse().ok()))
+                .and_then(|n| u32::try_from(n).ok())
             {
-                Some(n) => common.max_retries = n as u32,
+                Some(n) => common.max_retries = n,
                 None => self.err("max_retries must be a whole number", a.span, None),
             }
         }

@@ -506,7 +506,7 @@ fn step(cx: &mut Cx<'_>, n: &Node, build: &str, gc: &GoCtx<'_>) -> Option<Step> 
                 v.as_u64()
                     .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
             })
-            .unwrap_or(0) as u32,
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
         timeout: n
             .get("timeout")
             .and_then(|v| v.to_json().as_str().map(str::to_string)),

@@ -23,6 +23,9 @@ pub fn now_unix() -> i64 {
 }
 
 /// Converts seconds since the epoch to a UTC civil time (Howard Hinnant's algorithm).
+// Day, month, hour, minute, second and weekday are small by construction (rem_euclid and the
+// algorithm's ranges), so their casts to u32 are exact.
+#[allow(clippy::cast_possible_truncation)]
 pub fn civil(secs: i64) -> Civil {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
