@@ -19,48 +19,113 @@ fn kiln_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("kiln runs")
 }
 
+/// insta settings for CLI output: snapshots in tests/snapshots/<dir>, with the paths, digests and
+/// durations that differ between machines and runs replaced by placeholders.
+pub fn snapshot_settings(dir: &str) -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path(repo().join("tests/snapshots").join(dir));
+    s.set_prepend_module_to_snapshot(false);
+    s.add_filter(&regex_escape(&repo().display().to_string()), "[REPO]");
+    s.add_filter(
+        &regex_escape(&std::env::temp_dir().display().to_string()),
+        "[TMP]",
+    );
+    s.add_filter(r"kiln-test-([a-z-]+)-[0-9]+-[0-9]+", "kiln-test-$1");
+    s.add_filter(r"sha256:[0-9a-f]{64}", "sha256:[DIGEST]");
+    s.add_filter(r"\b[0-9]+\.[0-9]+s\b", "[SECS]s");
+    s
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' || c == '_' || c == '-' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
+}
+
+/// Every malformed fixture: kiln's whole output (exit code, diagnostics with positions, source
+/// lines, hints) against its snapshot in tests/snapshots/invalid. Update with
+/// `INSTA_UPDATE=always cargo nextest run --test templates malformed` and review the diff.
 #[test]
 fn every_malformed_template_reports_its_expected_error() {
     let dir = repo().join("tests/fixtures/invalid");
-    let mut checked = 0;
-    let mut failures = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .expect("fixtures dir")
         .flatten()
         .map(|e| e.path())
         .collect();
     entries.sort();
+    let settings = snapshot_settings("invalid");
+    let _guard = settings.bind_to_scope();
+    let mut checked = 0;
     for p in entries {
         let name = p
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        if name.ends_with(".expected") {
-            continue;
-        }
-        let expected = std::fs::read_to_string(dir.join(format!("{name}.expected")))
-            .unwrap_or_else(|_| panic!("{name} has no {name}.expected"));
         let out = kiln_in(&dir, &["validate", &name]);
         let all = text(&out);
-        if out.status.code() != Some(1) {
-            failures.push(format!(
-                "{name}: exit {:?}, want 1\n{all}",
-                out.status.code()
-            ));
-        }
-        if all.contains("panicked") {
-            failures.push(format!("{name}: panicked\n{all}"));
-        }
-        for line in expected.lines().filter(|l| !l.trim().is_empty()) {
-            if !all.contains(line) {
-                failures.push(format!("{name}: missing {line:?} in:\n{all}"));
-            }
-        }
+        assert!(!all.contains("panicked"), "{name}: panicked\n{all}");
+        assert_eq!(out.status.code(), Some(1), "{name}: {all}");
+        insta::assert_snapshot!(
+            name.clone(),
+            format!("$ kiln validate {name}\nexit {}\n{all}", 1)
+        );
         checked += 1;
     }
-    assert!(checked >= 30, "only {checked} malformed fixtures");
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(checked >= 55, "only {checked} malformed fixtures");
+}
+
+/// What the CLI prints for the commands users read most, against tests/snapshots/cli.
+#[test]
+fn cli_output_matches_its_snapshots() {
+    let dir = repo().join("tests/fixtures/valid");
+    let ctx = Ctx::bare("cli-snapshots");
+    let store = ctx.dir.join("store");
+    let settings = snapshot_settings("cli");
+    let _guard = settings.bind_to_scope();
+    let cases: &[(&str, &[&str])] = &[
+        ("validate", &["validate", "packer-docs-qemu.pkr.hcl"]),
+        ("validate-json", &["validate", "packer-docs-qemu.json"]),
+        (
+            "validate-syntax-only",
+            &["validate", "-syntax-only", "functions.pkr.hcl"],
+        ),
+        ("inspect", &["inspect", "packer-docs-qemu.pkr.hcl"]),
+        ("images-empty-store", &["images"]),
+        ("unknown-flag", &["build", "--no-such-flag", "x.pkr.hcl"]),
+        (
+            "var-without-value",
+            &["validate", "-var", "novalue", "packer-docs-qemu.pkr.hcl"],
+        ),
+        ("missing-template", &["validate", "does-not-exist.pkr.hcl"]),
+        ("inspect-unknown-image", &["inspect", "no-such-image"]),
+    ];
+    for (name, args) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(*args)
+            .current_dir(&dir)
+            .env("KILN_STORE", &store)
+            .env_remove("PKR_VAR_name")
+            .output()
+            .expect("kiln runs");
+        insta::assert_snapshot!(
+            *name,
+            format!(
+                "$ kiln {}\nexit {}\n--- stdout\n{}--- stderr\n{}",
+                args.join(" "),
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        );
+    }
 }
 
 #[test]

@@ -440,6 +440,8 @@ pub fn decode_all(c: &Component) -> Result<(QemuConfig, SshOptions, Diagnostics)
                     }
                 }
             }
+            // In the order of the template's lines, whichever decoder found them.
+            d.0.sort_by_key(|x| x.span.as_ref().map(|s| (s.line, s.col)));
             Err(d)
         }
     }
