@@ -161,7 +161,7 @@ fn ssh_timeout_names_the_reason_and_shows_the_console() {
         &hcl(
             &ctx,
             "nossh",
-            "  ssh_port = 2222\n  ssh_timeout = \"6s\"",
+            "  ssh_port = 2222\n  ssh_timeout = \"12s\"",
             "",
         ),
     );
@@ -169,7 +169,7 @@ fn ssh_timeout_names_the_reason_and_shows_the_console() {
     let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
     let s = text(&out);
     assert_eq!(out.status.code(), Some(1), "{s}");
-    assert!(s.contains("timed out after 6s waiting for SSH"), "{s}");
+    assert!(s.contains("timed out after 12s waiting for SSH"), "{s}");
     assert!(s.contains("last reason"), "{s}");
     assert!(
         s.contains("kiln-base: ready"),

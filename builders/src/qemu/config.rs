@@ -448,16 +448,15 @@ pub fn decode_all(c: &Component) -> Result<(QemuConfig, SshOptions, Diagnostics)
 }
 
 impl QemuConfig {
-    /// Applies the defaults that depend on the build (and on the resolved base), checks the
-    /// rules that span options, and returns the settings with the warnings. Every error points
-    /// at its attribute.
-    pub fn resolve(
-        mut self,
-        build: &str,
-        ssh_opts: SshOptions,
-        base: Option<&ResolvedBase>,
+    /// The rules between options and the forms a value must have, each error at its attribute.
+    fn check(
+        &self,
         c: &Component,
-    ) -> Result<(Settings, Diagnostics), Diagnostics> {
+        base: Option<&ResolvedBase>,
+        base_url: &str,
+        checksum: &str,
+        vm_name: &str,
+    ) -> Diagnostics {
         let mut d = Diagnostics::default();
         let at = |attr: &str, msg: String, hint: Option<String>| {
             let x = Diagnostic::error(msg, Some(c.span_of(attr).clone()));
@@ -465,33 +464,6 @@ impl QemuConfig {
                 Some(h) => x.with_hint(h),
                 None => x,
             }
-        };
-        let comm = match ssh_opts.resolve(c) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                for x in e.0 {
-                    d.push(x);
-                }
-                None
-            }
-        };
-        let t = |o: &Option<Text>| o.as_ref().map(|t| t.0.clone());
-        let (base_url, checksum) = match base {
-            Some(b) => {
-                self.disk_image = Flag(self.disk_image.0 || !c.attrs.contains_key("disk_image"));
-                (b.path.display().to_string(), b.digest.clone())
-            }
-            None => (
-                t(&self.iso_url)
-                    .or_else(|| {
-                        self.iso_urls
-                            .as_ref()
-                            .and_then(|u| u.first())
-                            .map(|t| t.0.clone())
-                    })
-                    .unwrap_or_default(),
-                t(&self.iso_checksum).unwrap_or_else(|| "none".into()),
-            ),
         };
         if self.iso_url.is_none() && self.iso_urls.as_ref().is_none_or(|v| v.is_empty()) {
             d.push(Diagnostic::error("iso_url is required: the base disk image (with disk_image = true) or installer ISO", Some(c.span.clone())).with_hint("set iso_url = \"path/to/base.qcow2\" and disk_image = true"));
@@ -525,11 +497,10 @@ impl QemuConfig {
                 ));
             }
         }
-        let vm_name = t(&self.vm_name).unwrap_or_else(|| format!("packer-{build}"));
         // A file name, not a path: it is joined to output_directory (vm_name) or written onto media.
         for (attr, v, hint) in [
-            ("vm_name", Some(&vm_name), "it is the image's file name inside output_directory; use output_directory to choose the directory"),
-            ("cd_label", self.cd_label.as_ref().map(|t| &t.0), "it is the CD's volume label"),
+            ("vm_name", Some(vm_name), "it is the image's file name inside output_directory; use output_directory to choose the directory"),
+            ("cd_label", self.cd_label.as_deref(), "it is the CD's volume label"),
         ] {
             if let Some(v) = v {
                 if v.is_empty() || v == "." || v == ".." || v.contains('/') || v.contains('\0') {
@@ -564,15 +535,15 @@ impl QemuConfig {
                 }
             }
         }
-        if let Err(m) = super::image::check_checksum_form(&checksum) {
+        if let Err(m) = super::image::check_checksum_form(checksum) {
             d.push(at("iso_checksum", m.to_string(), None));
         }
         if self.disk_image.0
             && base.is_none()
-            && !super::download::is_remote(&base_url)
+            && !super::download::is_remote(base_url)
             && !base_url.is_empty()
         {
-            if let Ok(p) = super::image::resolve_url(&base_url) {
+            if let Ok(p) = super::image::resolve_url(base_url) {
                 if p.is_file() {
                     if let Some(why) = super::image::not_a_disk(&p) {
                         let attr = if c.attrs.contains_key("iso_url") {
@@ -585,6 +556,49 @@ impl QemuConfig {
                 }
             }
         }
+        d
+    }
+
+    /// Applies the defaults that depend on the build (and on the resolved base), checks the
+    /// rules that span options, and returns the settings with the warnings. Every error points
+    /// at its attribute.
+    pub fn resolve(
+        mut self,
+        build: &str,
+        ssh_opts: SshOptions,
+        base: Option<&ResolvedBase>,
+        c: &Component,
+    ) -> Result<(Settings, Diagnostics), Diagnostics> {
+        let mut d = Diagnostics::default();
+        let comm = match ssh_opts.resolve(c) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                for x in e.0 {
+                    d.push(x);
+                }
+                None
+            }
+        };
+        let t = |o: &Option<Text>| o.as_ref().map(|t| t.0.clone());
+        let (base_url, checksum) = match base {
+            Some(b) => {
+                self.disk_image = Flag(self.disk_image.0 || !c.attrs.contains_key("disk_image"));
+                (b.path.display().to_string(), b.digest.clone())
+            }
+            None => (
+                t(&self.iso_url)
+                    .or_else(|| {
+                        self.iso_urls
+                            .as_ref()
+                            .and_then(|u| u.first())
+                            .map(|t| t.0.clone())
+                    })
+                    .unwrap_or_default(),
+                t(&self.iso_checksum).unwrap_or_else(|| "none".into()),
+            ),
+        };
+        let vm_name = t(&self.vm_name).unwrap_or_else(|| format!("packer-{build}"));
+        d.extend(self.check(c, base, &base_url, &checksum, &vm_name));
         let mut warnings = Diagnostics::default();
         if let Some(dir) = &self.http_directory {
             // A warning here (Packer's own examples name directories that exist only on the

@@ -276,10 +276,86 @@ impl Builder for QemuBuilder {
         Ok(())
     }
 
+    /// Launch in steps, each returning what the next needs; whatever fails, the values built so
+    /// far drop in reverse order (QMP, cancel hook, qemu, HTTP server, work dir).
     fn launch(&self, em: &Emitter, cancel: &Cancel) -> Result<Box<dyn Machine>> {
         let s = &self.s;
         let work = WorkDir::create(&work_base(), &format!("build-{}", sanitize(&s.build)))?;
         let wd = work.path().to_path_buf();
+        let disks = self.prepare_disks(em, cancel, &wd)?;
+        let served = self.serve(em, &wd)?;
+        let accel = self.choose_accel(em, &wd)?;
+        cancel.check()?;
+        let mut vars = BTreeMap::new();
+        vars.insert("Name".to_string(), s.vm_name.clone());
+        vars.insert(
+            "OutputDir".to_string(),
+            s.output_directory.display().to_string(),
+        );
+        vars.insert("HTTPIP".to_string(), "10.0.2.2".to_string());
+        if let Some(h) = &served.http {
+            vars.insert("HTTPPort".to_string(), h.port.to_string());
+            vars.insert("HTTPAddr".to_string(), format!("10.0.2.2:{}", h.port));
+        }
+        if let Some((_, public)) = &served.temp_key {
+            vars.insert("SSHPublicKey".to_string(), public.clone());
+        }
+        let mut run = self.start_qemu(em, cancel, &wd, &disks, &served, accel, &vars)?;
+        self.boot_command(em, cancel, &mut run, &vars)?;
+        let comm = self.connect(em, cancel, &mut run, &served, &mut vars)?;
+        Ok(Box::new(QemuMachine {
+            host_key: comm.as_ref().and_then(|c| c.host_key().map(str::to_string)),
+            comm,
+            qmp: Some(run.qmp),
+            _hook: run.hook,
+            qemu: Some(run.qemu),
+            _http: served.http,
+            vars,
+            s: self.s.clone(),
+            overlay: disks.overlay,
+            console: run.console,
+            accel: run.accel,
+            base_sha256: disks.base_sha256,
+            virtual_size: disks.virtual_size,
+            temp_key_comment: served.temp_key.as_ref().map(|_| temp_key_comment(&s.build)),
+            qemu_version: self.qemu_version.get().cloned().unwrap_or_default(),
+            work,
+        }))
+    }
+}
+
+/// The disks of a launch: the verified base under an overlay (or a blank disk for an
+/// installer) and the CD-ROMs.
+struct Disks {
+    overlay: PathBuf,
+    cdroms: Vec<String>,
+    virtual_size: u64,
+    base_sha256: String,
+}
+
+/// What the guest fetches over HTTP, and the temporary key pair offered there.
+struct Served {
+    http: Option<http::HttpServer>,
+    /// (private key path, public key line).
+    temp_key: Option<(PathBuf, String)>,
+}
+
+/// A started qemu. Fields drop in order: QMP, the cancel hook, then qemu (killed, reaped).
+struct Running {
+    qmp: qmp::Qmp,
+    hook: HookGuard,
+    qemu: Guarded,
+    pid: u32,
+    started: Instant,
+    accel: String,
+    console: PathBuf,
+    stderr_path: PathBuf,
+    events_sock: PathBuf,
+}
+
+impl QemuBuilder {
+    fn prepare_disks(&self, em: &Emitter, cancel: &Cancel, wd: &Path) -> Result<Disks> {
+        let s = &self.s;
         let base = self.base_path(Some(em), cancel)?;
         let base = std::fs::canonicalize(&base)
             .map_err(|e| Error::io(format!("base image {}", base.display()), e))?;
@@ -295,7 +371,7 @@ impl Builder for QemuBuilder {
         cancel.check()?;
         let overlay = wd.join("disk.qcow2");
         let mut cdroms = Vec::new();
-        let vsize = if s.cfg.disk_image.0 {
+        let virtual_size = if s.cfg.disk_image.0 {
             let info = image::info(&base)?;
             let size = s.disk_size.filter(|sz| *sz > info.virtual_size);
             if let Some(sz) = s.disk_size {
@@ -331,7 +407,16 @@ impl Builder for QemuBuilder {
             )?;
             cdroms.push(iso.display().to_string());
         }
+        Ok(Disks {
+            overlay,
+            cdroms,
+            virtual_size,
+            base_sha256,
+        })
+    }
 
+    fn serve(&self, em: &Emitter, wd: &Path) -> Result<Served> {
+        let s = &self.s;
         let mut http_content: BTreeMap<String, String> = s
             .cfg
             .http_content
@@ -340,7 +425,7 @@ impl Builder for QemuBuilder {
             .collect();
         let temp_key = match &s.comm.temp_key {
             Some((kind, bits)) => {
-                let k = make_temp_key(&wd, kind.as_str(), *bits, &s.build)?;
+                let k = make_temp_key(wd, kind.as_str(), *bits, &s.build)?;
                 let user = s.comm.ssh.as_ref().map_or("root", |c| c.user.as_str());
                 em.say(format!("no ssh_password or ssh_private_key_file: using a temporary {kind} key pair, offered to the guest in a cloud-init seed (http://10.0.2.2:PORT/user-data)"));
                 for v in http_content.values_mut() {
@@ -375,30 +460,30 @@ impl Builder for QemuBuilder {
         } else {
             None
         };
-        let accel = self.choose_accel(em, &wd)?;
-        cancel.check()?;
+        Ok(Served { http, temp_key })
+    }
 
-        let mut vars = BTreeMap::new();
-        vars.insert("Name".to_string(), s.vm_name.clone());
-        vars.insert(
-            "OutputDir".to_string(),
-            s.output_directory.display().to_string(),
-        );
-        vars.insert("HTTPIP".to_string(), "10.0.2.2".to_string());
-        if let Some(h) = &http {
-            vars.insert("HTTPPort".to_string(), h.port.to_string());
-            vars.insert("HTTPAddr".to_string(), format!("10.0.2.2:{}", h.port));
-        }
-        if let Some((_, public)) = &temp_key {
-            vars.insert("SSHPublicKey".to_string(), public.clone());
-        }
+    /// The argv (argv.rs), qemu spawned as a guarded child with a cancel hook, QMP connected,
+    /// the VNC password set.
+    #[allow(clippy::too_many_arguments)]
+    fn start_qemu(
+        &self,
+        em: &Emitter,
+        cancel: &Cancel,
+        wd: &Path,
+        disks: &Disks,
+        served: &Served,
+        accel: String,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Running> {
+        let s = &self.s;
         let guest_port = s.comm.ssh.as_ref().map_or(22, |c| c.port);
         let console = wd.join("console.log");
         let qmp_sock = wd.join("qmp.sock");
         let events_sock = wd.join("events.sock");
         let drive = format!(
             "file={},if={},cache={},discard={},format=qcow2",
-            overlay.display(),
+            disks.overlay.display(),
             s.cfg.disk_interface,
             s.cfg.disk_cache,
             s.cfg.disk_discard
@@ -420,7 +505,7 @@ impl Builder for QemuBuilder {
             .iter()
             .map(|v| v.iter().map(|a| a.0.clone()).collect())
             .collect();
-        if let (Some(_), Some(h)) = (&temp_key, &http) {
+        if let (Some(_), Some(h)) = (&served.temp_key, &served.http) {
             // Where cloud-init's NoCloud datasource finds the seed.
             extra_args.extend([
                 "-smbios".to_string(),
@@ -435,7 +520,7 @@ impl Builder for QemuBuilder {
             cpus: u64::from(s.cfg.cpus.0),
             memory: s.cfg.memory.0,
             drive,
-            cdroms,
+            cdroms: disks.cdroms.clone(),
             boot: if s.cfg.disk_image.0 { "c" } else { "once=d" },
             netdev: format!("user,id=user.0,hostfwd=tcp:127.0.0.1:0-:{guest_port}"),
             net_device: format!("{},netdev=user.0", s.cfg.net_device.0),
@@ -452,7 +537,7 @@ impl Builder for QemuBuilder {
             serial_log: console.display().to_string(),
             qemuargs: &qemuargs,
             extra: &extra_args,
-            vars: &vars,
+            vars,
         });
         em.debug(format!(
             "qemu command: {} {}",
@@ -471,27 +556,26 @@ impl Builder for QemuBuilder {
         let mut qemu = Guarded::spawn(cmd, &s.cfg.qemu_binary.0)?;
         let pid = qemu.id();
         let hook = cancel.on_cancel(move || {
-            // SAFETY: plain kill(2); the guard reaps the process later.
+            // SAFETY: plain kill(2) of our own child; the guard reaps the process later.
             unsafe {
                 libc::kill(pid as libc::pid_t, libc::SIGKILL);
             }
         });
         em.phase("boot");
         em.say(format!("started qemu (pid {pid}, accelerator {accel})"));
-        let died = |q: &mut Guarded| -> Error {
-            let st = q
-                .try_wait()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "still running".into());
-            Error::failed(format!("qemu exited ({st}): {}", tail(&stderr_path, 10)))
-        };
         let mut qmp =
             match qmp::Qmp::connect(&qmp_sock, Duration::from_secs(15), &mut || running(pid)) {
                 Ok(q) => q,
                 Err(e) => {
                     cancel.check()?;
-                    let d = died(&mut qemu);
-                    return Err(Error::failed(format!("{e}; {d}")));
+                    let st = qemu
+                        .try_wait()
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "still running".into());
+                    return Err(Error::failed(format!(
+                        "{e}; qemu exited ({st}): {}",
+                        tail(&stderr_path, 10)
+                    )));
                 }
             };
         if let Some((bind, port, pw)) = &vnc {
@@ -510,113 +594,132 @@ impl Builder for QemuBuilder {
             }
             em.say(msg);
         }
-        if !s.cfg.boot_command.is_empty() {
-            let wait = s
-                .cfg
-                .boot_wait
-                .map(Duration::from)
-                .unwrap_or(Duration::from_secs(10));
-            em.say(format!(
-                "waiting {wait:?} (boot_wait), then typing the boot command"
-            ));
-            cancel.sleep(wait)?;
-            em.phase("boot-command");
-            type_boot_command(
-                &mut qmp,
-                &s.cfg
-                    .boot_command
-                    .iter()
-                    .map(|t| t.0.clone())
-                    .collect::<Vec<_>>(),
-                &vars,
-                s.cfg.boot_key_interval.0,
-                em,
-                cancel,
-                &mut || running(pid),
-            )?;
+        Ok(Running {
+            qmp,
+            hook,
+            qemu,
+            pid,
+            started,
+            accel,
+            console,
+            stderr_path,
+            events_sock,
+        })
+    }
+
+    /// boot_wait, then boot_command typed over QMP.
+    fn boot_command(
+        &self,
+        em: &Emitter,
+        cancel: &Cancel,
+        run: &mut Running,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let s = &self.s;
+        if s.cfg.boot_command.is_empty() {
+            return Ok(());
         }
+        let wait = s
+            .cfg
+            .boot_wait
+            .map(Duration::from)
+            .unwrap_or(Duration::from_secs(10));
+        em.say(format!(
+            "waiting {wait:?} (boot_wait), then typing the boot command"
+        ));
+        cancel.sleep(wait)?;
+        em.phase("boot-command");
+        let pid = run.pid;
+        type_boot_command(
+            &mut run.qmp,
+            &s.cfg
+                .boot_command
+                .iter()
+                .map(|t| t.0.clone())
+                .collect::<Vec<_>>(),
+            vars,
+            s.cfg.boot_key_interval.0,
+            em,
+            cancel,
+            &mut || running(pid),
+        )
+    }
+
+    /// Waits for SSH on the forwarded port (read over QMP) while timing an installer's reboot.
+    fn connect(
+        &self,
+        em: &Emitter,
+        cancel: &Cancel,
+        run: &mut Running,
+        served: &Served,
+        vars: &mut BTreeMap<String, String>,
+    ) -> Result<Option<SshComm>> {
+        let s = &self.s;
         // An installer runs, then reboots into the installed disk: time the two apart.
         let watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watcher = (!s.cfg.disk_image.0).then(|| {
             em.phase("install");
             let em2 = em.clone();
             qmp::watch_reset(
-                events_sock.clone(),
+                run.events_sock.clone(),
                 watch_stop.clone(),
                 Box::new(move || em2.phase("reboot")),
             )
         });
-        let mut comm = None;
-        if let Some(cfg) = &s.comm.ssh {
-            let usernet = qmp.hmp("info usernet")?;
-            let port = qmp::parse_usernet_port(&usernet, guest_port).ok_or_else(|| {
-                Error::failed(format!("no host port forwards to guest port {guest_port}: if qemuargs replaces -netdev, include hostfwd=tcp:127.0.0.1:{{{{ .SSHHostPort }}}}-:{guest_port}"))
-            })?;
-            vars.insert("SSHHostPort".to_string(), port.to_string());
-            vars.insert("SSHHost".to_string(), cfg.host.clone());
-            em.say(format!(
-                "waiting for SSH on {}:{port} (guest port {guest_port}, timeout {:?})",
-                cfg.host, cfg.timeout
-            ));
-            let mut c = cfg.clone();
-            c.port = port;
-            if let Some((path, _)) = &temp_key {
-                c.private_key_file = Some(path.clone());
-            }
-            let console2 = console.clone();
-            let stderr2 = stderr_path.clone();
-            let alive: kiln_ssh::Liveness = Box::new(move || {
-                (!running(pid)).then(|| format!("qemu exited: {}", tail(&stderr2, 5)))
-            });
-            match SshComm::connect(c, em.clone(), cancel.clone(), alive) {
-                Ok(sc) => {
-                    em.say(format!(
-                        "connected to the guest over SSH after {:.1}s",
-                        started.elapsed().as_secs_f64()
-                    ));
-                    comm = Some(sc);
-                }
-                Err(Error::Cancelled) => return Err(Error::Cancelled),
-                Err(e) => {
-                    let _ = console2;
-                    return Err(Error::failed(format!(
-                        "{e}\nlast lines of the guest console ({}):\n{}",
-                        console.display(),
-                        indent(&tail(&console, 20))
-                    )));
-                }
-            }
-            watch_stop.store(true, std::sync::atomic::Ordering::SeqCst);
-            if let Some(w) = watcher {
-                let _ = w.join();
-            }
-            if let Some(p) = s
-                .cfg
-                .pause_before_connecting
-                .map(Duration::from)
-                .or(s.comm.pause_before)
-            {
-                cancel.sleep(p)?;
-            }
+        let Some(cfg) = &s.comm.ssh else {
+            return Ok(None);
+        };
+        let guest_port = cfg.port;
+        let usernet = run.qmp.hmp("info usernet")?;
+        let port = qmp::parse_usernet_port(&usernet, guest_port).ok_or_else(|| {
+            Error::failed(format!("no host port forwards to guest port {guest_port}: if qemuargs replaces -netdev, include hostfwd=tcp:127.0.0.1:{{{{ .SSHHostPort }}}}-:{guest_port}"))
+        })?;
+        vars.insert("SSHHostPort".to_string(), port.to_string());
+        vars.insert("SSHHost".to_string(), cfg.host.clone());
+        em.say(format!(
+            "waiting for SSH on {}:{port} (guest port {guest_port}, timeout {:?})",
+            cfg.host, cfg.timeout
+        ));
+        let mut c = cfg.clone();
+        c.port = port;
+        if let Some((path, _)) = &served.temp_key {
+            c.private_key_file = Some(path.clone());
         }
-        Ok(Box::new(QemuMachine {
-            host_key: comm.as_ref().and_then(|c| c.host_key().map(str::to_string)),
-            comm,
-            qmp: Some(qmp),
-            _hook: hook,
-            qemu: Some(qemu),
-            _http: http,
-            vars,
-            s: self.s.clone(),
-            overlay,
-            console,
-            accel,
-            base_sha256,
-            virtual_size: vsize,
-            temp_key_comment: temp_key.as_ref().map(|_| temp_key_comment(&s.build)),
-            qemu_version: self.qemu_version.get().cloned().unwrap_or_default(),
-            work,
-        }))
+        let pid = run.pid;
+        let stderr2 = run.stderr_path.clone();
+        let alive: kiln_ssh::Liveness = Box::new(move || {
+            (!running(pid)).then(|| format!("qemu exited: {}", tail(&stderr2, 5)))
+        });
+        let comm = match SshComm::connect(c, em.clone(), cancel.clone(), alive) {
+            Ok(sc) => {
+                em.say(format!(
+                    "connected to the guest over SSH after {:.1}s",
+                    run.started.elapsed().as_secs_f64()
+                ));
+                sc
+            }
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(e) => {
+                return Err(Error::failed(format!(
+                    "{e}\nlast lines of the guest console ({}):\n{}",
+                    run.console.display(),
+                    indent(&tail(&run.console, 20))
+                )));
+            }
+        };
+        watch_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = watcher {
+            let _ = w.join();
+        }
+        if let Some(p) = s
+            .cfg
+            .pause_before_connecting
+            .map(Duration::from)
+            .or(s.comm.pause_before)
+        {
+            cancel.sleep(p)?;
+        }
+        Ok(Some(comm))
     }
 }
 

@@ -87,119 +87,9 @@ fn job(
     base: Option<&ResolvedBase>,
     d: &mut Diagnostics,
 ) -> Option<Job> {
-    use kiln_core::plugins::{find, BuildContext};
-    let builder = match find(kiln_builders::BUILDERS, "builder type", &b.builder) {
-        Ok(row) => {
-            if secret_on_argv(b, plan, row.argv_options, d) {
-                return None;
-            }
-            let cx = BuildContext {
-                build: b.source_name(),
-                base,
-            };
-            match (row.make)(&b.builder, &cx) {
-                Ok((x, w)) => {
-                    d.extend(w);
-                    x
-                }
-                Err(e) => {
-                    d.extend(e);
-                    return None;
-                }
-            }
-        }
-        Err(_) => {
-            let names: Vec<&str> = kiln_builders::BUILDERS.iter().map(|r| r.name).collect();
-            d.push(
-                Diagnostic::error(
-                    format!(
-                        "builder type {:?} ({}) is not built into kiln (kiln has: {})",
-                        b.builder.kind,
-                        b.full_name,
-                        names.join(", ")
-                    ),
-                    Some(b.builder.span.clone()),
-                )
-                .with_hint(format!(
-                    "build only the sources kiln supports, e.g. -only='{}.*' or -except='{}'",
-                    names[0], b.full_name
-                )),
-            );
-            return None;
-        }
-    };
-    let provisioner = |c: &kiln_template::Component, d: &mut Diagnostics| match find(
-        kiln_provisioners::PROVISIONERS,
-        "provisioner",
-        c,
-    )
-    .and_then(|r| (r.make)(c))
-    {
-        Ok((x, w)) => {
-            d.extend(w);
-            Some(x)
-        }
-        Err(e) => {
-            d.extend(e);
-            None
-        }
-    };
-    let mut provisioners = Vec::new();
-    for p in &b.provisioners {
-        if let Some(x) = provisioner(&p.component, d) {
-            provisioners.push(step_spec(p, x, d));
-        }
-    }
-    let error_cleanup = b.error_cleanup.as_ref().and_then(|p| {
-        let x = provisioner(&p.component, d)?;
-        Some(step_spec(p, x, d))
-    });
-    let mut post = Vec::new();
-    for chain in &b.post_processors {
-        let mut c = Vec::new();
-        for p in chain {
-            let made = find(
-                kiln_provisioners::POST_PROCESSORS,
-                "post-processor",
-                &p.component,
-            )
-            .and_then(|r| (r.make)(&p.component, run_uuid));
-            match made {
-                Ok((x, w)) => {
-                    d.extend(w);
-                    c.push(step_spec(p, x, d));
-                }
-                Err(e) => d.extend(e),
-            }
-        }
-        post.push(c);
-    }
-    // The image is tagged with the build's name; a legacy JSON `name` may hold characters a
-    // tag cannot, so those become `-`, and the build says so.
-    let name = b.source_name();
-    let tag: String = name
-        .chars()
-        .enumerate()
-        .map(|(i, c)| {
-            if c.is_ascii_alphanumeric() || c == '_' || (i > 0 && (c == '.' || c == '-')) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(128)
-        .collect();
-    let tag = if kiln_store::check_tag(&tag).is_ok() {
-        tag
-    } else {
-        format!("_{}", &tag[..tag.len().min(127)])
-    };
-    if tag != name {
-        d.push(Diagnostic::warning(
-            format!("build {name:?} is stored under the tag {tag:?}: a tag is A-Z a-z 0-9 _ . - (the OCI tag grammar)"),
-            Some(b.builder.span.clone()),
-        ));
-    }
+    let builder = make_builder(b, plan, base, d)?;
+    let (provisioners, error_cleanup, post) = steps(b, run_uuid, d);
+    let tag = tag_for(b, d);
     Some(Job {
         name: b.source_name().to_string(),
         builder,
@@ -366,4 +256,142 @@ fn template_meta(plan: &Plan) -> serde_json::Value {
         "variables": vars,
         "sensitiveVariables": sensitive,
     })
+}
+
+/// The builder a build's source names, made from its table row.
+fn make_builder(
+    b: &BuildPlan,
+    plan: &Plan,
+    base: Option<&ResolvedBase>,
+    d: &mut Diagnostics,
+) -> Option<Box<dyn kiln_core::Builder>> {
+    use kiln_core::plugins::{find, BuildContext};
+    match find(kiln_builders::BUILDERS, "builder type", &b.builder) {
+        Ok(row) => {
+            if secret_on_argv(b, plan, row.argv_options, d) {
+                return None;
+            }
+            let cx = BuildContext {
+                build: b.source_name(),
+                base,
+            };
+            match (row.make)(&b.builder, &cx) {
+                Ok((x, w)) => {
+                    d.extend(w);
+                    Some(x)
+                }
+                Err(e) => {
+                    d.extend(e);
+                    None
+                }
+            }
+        }
+        Err(_) => {
+            let names: Vec<&str> = kiln_builders::BUILDERS.iter().map(|r| r.name).collect();
+            d.push(
+                Diagnostic::error(
+                    format!(
+                        "builder type {:?} ({}) is not built into kiln (kiln has: {})",
+                        b.builder.kind,
+                        b.full_name,
+                        names.join(", ")
+                    ),
+                    Some(b.builder.span.clone()),
+                )
+                .with_hint(format!(
+                    "build only the sources kiln supports, e.g. -only='{}.*' or -except='{}'",
+                    names[0], b.full_name
+                )),
+            );
+            None
+        }
+    }
+}
+
+type Steps = (
+    Vec<StepSpec<dyn kiln_core::Provisioner>>,
+    Option<StepSpec<dyn kiln_core::Provisioner>>,
+    Vec<Vec<StepSpec<dyn kiln_core::PostProcessor>>>,
+);
+
+/// A build's provisioners, error-cleanup provisioner and post-processor chains, from the tables.
+fn steps(b: &BuildPlan, run_uuid: &str, d: &mut Diagnostics) -> Steps {
+    use kiln_core::plugins::find;
+    let provisioner = |c: &kiln_template::Component, d: &mut Diagnostics| match find(
+        kiln_provisioners::PROVISIONERS,
+        "provisioner",
+        c,
+    )
+    .and_then(|r| (r.make)(c))
+    {
+        Ok((x, w)) => {
+            d.extend(w);
+            Some(x)
+        }
+        Err(e) => {
+            d.extend(e);
+            None
+        }
+    };
+    let mut provisioners = Vec::new();
+    for p in &b.provisioners {
+        if let Some(x) = provisioner(&p.component, d) {
+            provisioners.push(step_spec(p, x, d));
+        }
+    }
+    let error_cleanup = b.error_cleanup.as_ref().and_then(|p| {
+        let x = provisioner(&p.component, d)?;
+        Some(step_spec(p, x, d))
+    });
+    let mut post = Vec::new();
+    for chain in &b.post_processors {
+        let mut c = Vec::new();
+        for p in chain {
+            let made = find(
+                kiln_provisioners::POST_PROCESSORS,
+                "post-processor",
+                &p.component,
+            )
+            .and_then(|r| (r.make)(&p.component, run_uuid));
+            match made {
+                Ok((x, w)) => {
+                    d.extend(w);
+                    c.push(step_spec(p, x, d));
+                }
+                Err(e) => d.extend(e),
+            }
+        }
+        post.push(c);
+    }
+    (provisioners, error_cleanup, post)
+}
+
+/// The image is tagged with the build's name; a legacy JSON `name` may hold characters a tag
+/// cannot, so those become `-`, and the build says so.
+fn tag_for(b: &BuildPlan, d: &mut Diagnostics) -> String {
+    let name = b.source_name();
+    let tag: String = name
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.is_ascii_alphanumeric() || c == '_' || (i > 0 && (c == '.' || c == '-')) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect();
+    let tag = if kiln_store::check_tag(&tag).is_ok() {
+        tag
+    } else {
+        format!("_{}", &tag[..tag.len().min(127)])
+    };
+    if tag != name {
+        d.push(Diagnostic::warning(
+            format!("build {name:?} is stored under the tag {tag:?}: a tag is A-Z a-z 0-9 _ . - (the OCI tag grammar)"),
+            Some(b.builder.span.clone()),
+        ));
+    }
+    tag
 }

@@ -80,6 +80,9 @@ const COMMON_STEP_KEYS: &[&str] = &[
     "keep_input_artifact",
 ];
 
+/// A source a build names: (source key, label span, override body, name override).
+type Instance = (String, Span, Option<Body>, Option<String>);
+
 pub(crate) struct Loader<'o> {
     opts: &'o LoadOptions,
     diags: Diagnostics,
@@ -1050,50 +1053,7 @@ impl<'o> Loader<'o> {
                 .get_attribute("name")
                 .and_then(|a| self.eval(*file, &a.value.clone(), &ctx))
                 .and_then(|v| v.as_str().map(str::to_string));
-            // (source key, label span, override body, name override)
-            let mut instances: Vec<(String, Span, Option<Body>, Option<String>)> = Vec::new();
-            if let Some(a) = b.body.get_attribute("sources") {
-                let span = self.span(*file, a.value.span());
-                match self.eval(*file, &a.value.clone(), &ctx) {
-                    Some(Value::Array(items)) => {
-                        for item in items {
-                            match item.as_str() {
-                                Some(s) => instances.push((
-                                    s.strip_prefix("source.").unwrap_or(s).to_string(),
-                                    span.clone(),
-                                    None,
-                                    None,
-                                )),
-                                None => self.err(
-                                    "`sources` must be a list of strings like \"source.qemu.name\"",
-                                    span.clone(),
-                                    None,
-                                ),
-                            }
-                        }
-                    }
-                    Some(_) => self.err(
-                        "`sources` must be a list of strings like \"source.qemu.name\"",
-                        span,
-                        None,
-                    ),
-                    None => {}
-                }
-            }
-            for sb in b.body.get_blocks("source") {
-                let span = self.span(*file, sb.ident.span());
-                let Some(l) = self.labels(*file, sb, 1, "source \"source.qemu.name\" { ... }")
-                else {
-                    continue;
-                };
-                let key = l[0].strip_prefix("source.").unwrap_or(&l[0]).to_string();
-                let name = sb
-                    .body
-                    .get_attribute("name")
-                    .and_then(|a| self.eval(*file, &a.value.clone(), &ctx))
-                    .and_then(|v| v.as_str().map(str::to_string));
-                instances.push((key, span, Some(sb.body.clone()), name));
-            }
+            let instances = self.build_instances(*file, b, &ctx);
             if instances.is_empty() {
                 let span = self.span(*file, b.ident.span());
                 self.err("build block names no sources", span, Some("add `sources = [\"source.qemu.NAME\"]` or a `source \"source.qemu.NAME\" { }` block".into()));
@@ -1161,30 +1121,7 @@ impl<'o> Loader<'o> {
                     )
                     .into_iter()
                     .next();
-                let mut post_processors: Vec<Vec<Step>> = Vec::new();
-                for s in &b.body {
-                    if let Structure::Block(pb) = s {
-                        match pb.ident.as_str() {
-                            "post-processor" => {
-                                if let Some(step) = self.step(*file, pb, &full_name, &name, &bctx) {
-                                    post_processors.push(vec![step]);
-                                }
-                            }
-                            "post-processors" => {
-                                self.check_keys(*file, &pb.body, &[], &["post-processor"]);
-                                let chain: Vec<Step> = pb
-                                    .body
-                                    .get_blocks("post-processor")
-                                    .filter_map(|p| self.step(*file, p, &full_name, &name, &bctx))
-                                    .collect();
-                                if !chain.is_empty() {
-                                    post_processors.push(chain);
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
+                let post_processors = self.post_processors(*file, b, &full_name, &name, &bctx);
                 out.push(BuildPlan {
                     full_name,
                     build_name: build_name.clone(),
@@ -1197,6 +1134,90 @@ impl<'o> Loader<'o> {
         }
         self.builds = builds;
         out
+    }
+
+    /// The sources a build block names (`sources = [...]` and `source "..." { }` blocks).
+    fn build_instances(&mut self, file: usize, b: &Block, ctx: &Context<'_>) -> Vec<Instance> {
+        let mut instances: Vec<Instance> = Vec::new();
+        if let Some(a) = b.body.get_attribute("sources") {
+            let span = self.span(file, a.value.span());
+            match self.eval(file, &a.value.clone(), ctx) {
+                Some(Value::Array(items)) => {
+                    for item in items {
+                        match item.as_str() {
+                            Some(s) => instances.push((
+                                s.strip_prefix("source.").unwrap_or(s).to_string(),
+                                span.clone(),
+                                None,
+                                None,
+                            )),
+                            None => self.err(
+                                "`sources` must be a list of strings like \"source.qemu.name\"",
+                                span.clone(),
+                                None,
+                            ),
+                        }
+                    }
+                }
+                Some(_) => self.err(
+                    "`sources` must be a list of strings like \"source.qemu.name\"",
+                    span,
+                    None,
+                ),
+                None => {}
+            }
+        }
+        for sb in b.body.get_blocks("source") {
+            let span = self.span(file, sb.ident.span());
+            let Some(l) = self.labels(file, sb, 1, "source \"source.qemu.name\" { ... }") else {
+                continue;
+            };
+            let key = l[0].strip_prefix("source.").unwrap_or(&l[0]).to_string();
+            let name = sb
+                .body
+                .get_attribute("name")
+                .and_then(|a| self.eval(file, &a.value.clone(), ctx))
+                .and_then(|v| v.as_str().map(str::to_string));
+            instances.push((key, span, Some(sb.body.clone()), name));
+        }
+        instances
+    }
+
+    /// A build's post-processors: each `post-processor` block is a chain of one, each
+    /// `post-processors` block one chain.
+    fn post_processors(
+        &mut self,
+        file: usize,
+        b: &Block,
+        full_name: &str,
+        name: &str,
+        bctx: &Context<'_>,
+    ) -> Vec<Vec<Step>> {
+        let mut post_processors: Vec<Vec<Step>> = Vec::new();
+        for s in &b.body {
+            if let Structure::Block(pb) = s {
+                match pb.ident.as_str() {
+                    "post-processor" => {
+                        if let Some(step) = self.step(file, pb, full_name, name, bctx) {
+                            post_processors.push(vec![step]);
+                        }
+                    }
+                    "post-processors" => {
+                        self.check_keys(file, &pb.body, &[], &["post-processor"]);
+                        let chain: Vec<Step> = pb
+                            .body
+                            .get_blocks("post-processor")
+                            .filter_map(|p| self.step(file, p, full_name, name, bctx))
+                            .collect();
+                        if !chain.is_empty() {
+                            post_processors.push(chain);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        post_processors
     }
 
     fn selected(&self, full_name: &str, build_name: Option<&str>) -> bool {

@@ -100,8 +100,28 @@ pub(crate) fn load(path: &Path, opts: &LoadOptions, root: PathBuf) -> (Option<Pl
     }
     let now = crate::timefmt::now_unix();
     let template_dir = root.to_string_lossy().into_owned();
+    let vars = variables(&mut cx, &doc, opts, now, &template_dir);
+    plan.variables = vars.infos;
+    plan.sensitive_values = vars.sensitive_values;
+    plan.builds = builds(&mut cx, &doc, opts, &vars.user, now, &template_dir);
+    let ok = !cx.diags.has_errors();
+    (ok.then_some(plan), cx.diags)
+}
 
-    // ---- variables ----
+/// The variables' values after defaults, the environment, var-files and -var, in Packer's order.
+struct Vars {
+    user: HashMap<String, String>,
+    infos: Vec<VarInfo>,
+    sensitive_values: Vec<String>,
+}
+
+fn variables(
+    cx: &mut Cx<'_>,
+    doc: &Node,
+    opts: &LoadOptions,
+    now: i64,
+    template_dir: &str,
+) -> Vars {
     let sensitive: Vec<String> = match doc.get("sensitive-variables").map(|n| n.to_json()) {
         Some(serde_json::Value::Array(a)) => a
             .iter()
@@ -129,7 +149,7 @@ pub(crate) fn load(path: &Path, opts: &LoadOptions, root: PathBuf) -> (Option<Pl
                             let gc = GoCtx {
                                 user: &user,
                                 env_allowed: true,
-                                template_dir: template_dir.clone(),
+                                template_dir: template_dir.to_string(),
                                 build_name: None,
                                 build_type: None,
                                 now,
@@ -215,7 +235,7 @@ pub(crate) fn load(path: &Path, opts: &LoadOptions, root: PathBuf) -> (Option<Pl
             );
         }
     }
-    plan.variables = declared
+    let infos = declared
         .iter()
         .map(|(name, _, _)| VarInfo {
             name: name.clone(),
@@ -226,14 +246,30 @@ pub(crate) fn load(path: &Path, opts: &LoadOptions, root: PathBuf) -> (Option<Pl
             origin: origins.get(name).copied().unwrap_or("default").to_string(),
         })
         .collect();
-    plan.sensitive_values = sensitive
+    let sensitive_values = sensitive
         .iter()
         .filter_map(|s| user.get(s))
         .filter(|v| !v.is_empty())
         .cloned()
         .collect();
+    Vars {
+        user,
+        infos,
+        sensitive_values,
+    }
+}
 
-    // ---- builders ----
+/// One BuildPlan per builder -only/-except keeps, each with the template's provisioners and
+/// post-processor chains rendered for it.
+fn builds(
+    cx: &mut Cx<'_>,
+    doc: &Node,
+    opts: &LoadOptions,
+    user: &HashMap<String, String>,
+    now: i64,
+    template_dir: &str,
+) -> Vec<BuildPlan> {
+    let mut out = Vec::new();
     let builders: Vec<&Node> = match doc.get("builders") {
         Some(Node {
             value: NodeValue::Array(items),
@@ -291,27 +327,20 @@ pub(crate) fn load(path: &Path, opts: &LoadOptions, root: PathBuf) -> (Option<Pl
             continue;
         }
         let gc = GoCtx {
-            user: &user,
+            user,
             env_allowed: false,
-            template_dir: template_dir.clone(),
+            template_dir: template_dir.to_string(),
             build_name: Some(name.clone()),
             build_type: Some(kind.clone()),
             now,
         };
-        let builder = component(
-            &mut cx,
-            b,
-            &kind,
-            Some(name.clone()),
-            &gc,
-            &["type", "name"],
-        );
+        let builder = component(cx, b, &kind, Some(name.clone()), &gc, &["type", "name"]);
         let mut provisioners = Vec::new();
         if let Some(list) = doc.get("provisioners") {
             match &list.value {
                 NodeValue::Array(items) => {
                     for p in items {
-                        if let Some(s) = step(&mut cx, p, &name, &gc) {
+                        if let Some(s) = step(cx, p, &name, &gc) {
                             provisioners.push(s);
                         }
                     }
@@ -327,9 +356,9 @@ pub(crate) fn load(path: &Path, opts: &LoadOptions, root: PathBuf) -> (Option<Pl
                         let chain: Vec<Step> = match &item.value {
                             NodeValue::Array(inner) => inner
                                 .iter()
-                                .filter_map(|p| step(&mut cx, p, &name, &gc))
+                                .filter_map(|p| step(cx, p, &name, &gc))
                                 .collect(),
-                            _ => step(&mut cx, item, &name, &gc).into_iter().collect(),
+                            _ => step(cx, item, &name, &gc).into_iter().collect(),
                         };
                         if !chain.is_empty() {
                             post.push(chain);
@@ -339,7 +368,7 @@ pub(crate) fn load(path: &Path, opts: &LoadOptions, root: PathBuf) -> (Option<Pl
                 _ => cx.err("\"post-processors\" must be a list", list.offset, None),
             }
         }
-        plan.builds.push(BuildPlan {
+        out.push(BuildPlan {
             full_name: name,
             build_name: None,
             builder,
@@ -348,8 +377,7 @@ pub(crate) fn load(path: &Path, opts: &LoadOptions, root: PathBuf) -> (Option<Pl
             post_processors: post,
         });
     }
-    let ok = !cx.diags.has_errors();
-    (ok.then_some(plan), cx.diags)
+    out
 }
 
 fn apply_json_var_file(
