@@ -833,3 +833,174 @@ mod docs {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_template::{Attr, Span};
+    use std::path::Path;
+
+    fn comp(pairs: &[(&str, serde_json::Value)]) -> Component {
+        let span = Span::file_only(Path::new("t.pkr.hcl"));
+        let mut attrs: Vec<(&str, serde_json::Value)> = vec![
+            ("iso_url", "base.qcow2".into()),
+            ("iso_checksum", "none".into()),
+            ("ssh_username", "root".into()),
+        ];
+        attrs.extend(pairs.iter().cloned());
+        Component {
+            kind: "qemu".into(),
+            name: Some("x".into()),
+            span: span.clone(),
+            attrs: attrs
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Attr {
+                            value: v,
+                            span: span.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn settings(pairs: &[(&str, serde_json::Value)]) -> Result<Settings, String> {
+        let c = comp(pairs);
+        let (q, ssh, _) = decode_all(&c).map_err(|d| d.to_string())?;
+        q.resolve("x", ssh, None, &c)
+            .map(|(s, _)| s)
+            .map_err(|d| d.to_string())
+    }
+
+    fn key(pairs: &[(&str, serde_json::Value)]) -> serde_json::Value {
+        let s = settings(pairs).expect("resolves");
+        serde_json::json!([
+            serde_json::to_value(&s.cfg).expect("serializes"),
+            serde_json::to_value(&s.ssh_opts).expect("serializes")
+        ])
+    }
+
+    #[test]
+    fn defaults_are_packers_and_depend_on_the_build_where_packer_says() {
+        let s = settings(&[]).expect("resolves");
+        assert_eq!(s.cfg.memory, MemoryMib(512));
+        assert_eq!(s.cfg.cpus, Count(1));
+        assert_eq!(s.cfg.format, Format::Qcow2);
+        assert_eq!(s.cfg.disk_interface, DiskInterface::Virtio);
+        assert_eq!(s.cfg.accelerator, Accelerator::Auto);
+        assert_eq!(s.output_directory, PathBuf::from("output-x"));
+        assert_eq!(s.vm_name, "packer-x");
+        assert_eq!(s.comm.ssh.as_ref().map(|c| c.port), Some(22));
+        assert_eq!(
+            s.comm.ssh.as_ref().map(|c| c.timeout),
+            Some(Duration::from_secs(300))
+        );
+        assert!(s.efi.is_none() && s.vnc.is_none());
+    }
+
+    #[test]
+    fn loose_values_decode_into_their_final_types() {
+        let s = settings(&[
+            ("memory", "1024".into()),
+            ("cpus", 2.into()),
+            ("headless", "true".into()),
+            ("disk_size", "10G".into()),
+            ("ssh_port", "2222".into()),
+            ("ssh_timeout", "90s".into()),
+            ("format", "raw".into()),
+        ])
+        .expect("resolves");
+        assert_eq!(s.cfg.memory, MemoryMib(1024));
+        assert_eq!(s.cfg.cpus, Count(2));
+        assert!(s.cfg.headless.0);
+        assert_eq!(s.disk_size, Some(10 << 30));
+        assert_eq!(s.cfg.format, Format::Raw);
+        let ssh = s.comm.ssh.expect("ssh");
+        assert_eq!((ssh.port, ssh.timeout), (2222, Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn the_cache_key_follows_the_declared_rule() {
+        let base = key(&[]);
+        // Options that change the disk change the key...
+        for (k, v) in [
+            ("memory", serde_json::Value::from(1024)),
+            ("disk_size", "20G".into()),
+            ("format", "raw".into()),
+            ("boot_command", serde_json::json!(["<enter>"])),
+            ("shutdown_command", "poweroff".into()),
+            ("ssh_username", "admin".into()),
+        ] {
+            assert_ne!(key(&[(k, v)]), base, "{k} must be in the key");
+        }
+        // ...and those that cannot, do not.
+        for (k, v) in [
+            ("accelerator", serde_json::Value::from("tcg")),
+            ("ssh_port", 2222.into()),
+            ("ssh_timeout", "1h".into()),
+            ("output_directory", "elsewhere".into()),
+            ("vm_name", "disk.img".into()),
+            ("boot_wait", "1s".into()),
+            ("headless", true.into()),
+            ("ssh_password", "hunter22".into()),
+            ("qemu_binary", "/usr/bin/qemu-system-x86_64".into()),
+        ] {
+            assert_eq!(key(&[(k, v)]), base, "{k} must not be in the key");
+        }
+        // Files count by content: a marker the engine turns into a digest, never the path alone.
+        let k = key(&[("kernel", "/boot/vmlinuz".into())]);
+        assert_eq!(
+            k[0]["kernel"],
+            serde_json::json!({ kiln_core::config::key::PATH_DIGEST: "/boot/vmlinuz" })
+        );
+        // A sensitive password is never in the key's view at all.
+        assert!(!key(&[("ssh_password", "hunter22".into())])
+            .to_string()
+            .contains("hunter22"));
+    }
+
+    #[test]
+    fn rules_across_options_are_checked_at_their_attributes() {
+        let err = settings(&[("vnc_port_min", 5990.into()), ("vnc_port_max", 5900.into())])
+            .expect_err("min above max");
+        assert!(
+            err.contains("vnc_port_min = 5990 is above vnc_port_max = 5900"),
+            "{err}"
+        );
+        let err = settings(&[("vm_name", "../x".into())]).expect_err("a path");
+        assert!(err.contains("must be a plain name"), "{err}");
+        let err = settings(&[("qemuargs", serde_json::json!([["m", "1G"]]))]).expect_err("no dash");
+        assert!(
+            err.contains("qemuargs entry 0 must start with a flag"),
+            "{err}"
+        );
+        let err = settings(&[("communicator", "winrm".into())]).expect_err("no winrm");
+        assert!(
+            err.contains("the winrm communicator is not built into kiln"),
+            "{err}"
+        );
+        let err = settings(&[("iso_checksum", "sha256:abc".into())]).expect_err("short hex");
+        assert!(err.contains("64 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn efi_boot_uses_debians_ovmf_unless_told_otherwise_and_an_oci_base_is_a_disk() {
+        let s = settings(&[("efi_boot", true.into())]).expect("resolves");
+        assert_eq!(s.efi, Some((OVMF_CODE.to_string(), OVMF_VARS.to_string())));
+        let c = comp(&[]);
+        let (q, ssh, _) = decode_all(&c).expect("decodes");
+        let base = ResolvedBase {
+            path: PathBuf::from("/store/blobs/sha256/abc"),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            source: "oci://r/b:1 (sha256:…)".into(),
+        };
+        let (s, _) = q.resolve("x", ssh, Some(&base), &c).expect("resolves");
+        assert!(s.cfg.disk_image.0, "an oci:// base is a disk image");
+        assert_eq!(s.base_url, "/store/blobs/sha256/abc");
+        assert_eq!(s.checksum, base.digest);
+        assert_eq!(s.base_source.as_deref(), Some(base.source.as_str()));
+    }
+}

@@ -639,3 +639,19 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod timeouts {
+    use super::millis;
+    use std::time::Duration;
+
+    #[test]
+    fn libssh2_timeouts_never_wrap() {
+        assert_eq!(millis(None), 0, "no limit");
+        assert_eq!(millis(Some(Duration::from_millis(1500))), 1500);
+        // Zero would mean "no limit" to libssh2: the shortest real limit instead.
+        assert_eq!(millis(Some(Duration::ZERO)), 1);
+        // Past u32 (49 days) it used to wrap to a short timeout.
+        assert_eq!(millis(Some(Duration::from_secs(100 * 86_400))), u32::MAX);
+    }
+}

@@ -286,3 +286,90 @@ impl SshOptions {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::config::decode;
+    use kiln_template::{Attr, Span};
+    use std::path::Path;
+
+    fn resolve(pairs: &[(&str, &str)]) -> Result<Resolved, String> {
+        let span = Span::file_only(Path::new("t.pkr.hcl"));
+        let c = Component {
+            kind: "null".into(),
+            name: Some("x".into()),
+            span: span.clone(),
+            attrs: pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Attr {
+                            value: (*v).into(),
+                            span: span.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let o: SshOptions = decode(&c, &[]).map_err(|d| d.to_string())?;
+        o.resolve(&c).map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn ssh_options_resolve_with_packers_defaults() {
+        let r = resolve(&[("ssh_username", "root"), ("ssh_password", "pw")]).expect("resolves");
+        assert_eq!(r.kind, CommunicatorKind::Ssh);
+        let c = r.ssh.expect("ssh");
+        assert_eq!(
+            (c.host.as_str(), c.port, c.handshake_attempts),
+            ("127.0.0.1", 22, 10)
+        );
+        assert_eq!(c.transfer, Transfer::Scp);
+        assert!(r.temp_key.is_none(), "a password needs no temporary key");
+        let r = resolve(&[("ssh_username", "root"), ("temporary_key_pair_type", "rsa")])
+            .expect("resolves");
+        assert_eq!(r.temp_key, Some((KeyType::Rsa, None)));
+        let r = resolve(&[("communicator", "none")]).expect("resolves");
+        assert!(r.ssh.is_none() && r.temp_key.is_none());
+        // ssh_timeout wins over its deprecated name.
+        let r = resolve(&[
+            ("ssh_username", "u"),
+            ("ssh_wait_timeout", "1m"),
+            ("ssh_timeout", "2m"),
+        ])
+        .expect("resolves");
+        assert_eq!(r.ssh.map(|c| c.timeout), Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn what_the_communicator_cannot_use_is_an_error_that_says_why() {
+        let e = resolve(&[]).expect_err("no user");
+        assert!(e.contains("ssh_username is required"), "{e}");
+        let e = resolve(&[("communicator", "winrm")]).expect_err("no winrm");
+        assert!(
+            e.contains("the winrm communicator is not built into kiln"),
+            "{e}"
+        );
+        let e = resolve(&[("communicator", "sssh")]).expect_err("typo");
+        assert!(e.contains("did you mean \"ssh\"?"), "{e}");
+        let e = resolve(&[
+            ("ssh_username", "u"),
+            ("ssh_private_key_file", "/nonexistent/key"),
+        ])
+        .expect_err("unreadable key");
+        assert!(
+            e.contains("ssh_private_key_file /nonexistent/key cannot be read"),
+            "{e}"
+        );
+        let e = resolve(&[("ssh_username", "u"), ("ssh_host_key", "SHA256:short")])
+            .expect_err("bad fingerprint");
+        assert!(e.contains("is not a SHA256 fingerprint"), "{e}");
+        let e = resolve(&[("ssh_username", "u"), ("ssh_port", "0")]).expect_err("port 0");
+        assert!(
+            e.contains("0 is out of range: it must be 1 to 65535"),
+            "{e}"
+        );
+    }
+}

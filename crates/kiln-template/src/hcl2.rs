@@ -1420,3 +1420,136 @@ fn unknown_function_hint(msg: &str) -> Option<String> {
         None => format!("kiln has no function {name}(); see docs/functions.md for the ones it has"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{load, LoadOptions, Plan};
+
+    fn load_text(name: &str, text: &str, opts: &LoadOptions) -> (Option<Plan>, String) {
+        let dir = std::env::temp_dir().join(format!("kiln-hcl2-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let p = dir.join("t.pkr.hcl");
+        std::fs::write(&p, text).expect("write");
+        let (plan, d) = load(&p, opts);
+        let _ = std::fs::remove_dir_all(&dir);
+        (plan, d.to_string())
+    }
+
+    const T: &str = r#"
+variable "mem" {
+  type    = number
+  default = 512
+}
+variable "pw" {
+  type      = string
+  default   = "s3cret-value"
+  sensitive = true
+}
+locals {
+  name = "web-${var.mem}"
+}
+source "qemu" "a" {
+  memory   = var.mem
+  vm_name  = local.name
+}
+source "qemu" "b" {
+  memory = 256
+}
+build {
+  name    = "web"
+  sources = ["source.qemu.a"]
+  source "source.qemu.b" {
+    name   = "b2"
+    memory = 1024
+  }
+  provisioner "shell" {
+    inline      = ["echo ${source.name} ${build.name}"]
+    max_retries = 2
+  }
+  post-processors {
+    post-processor "manifest" {}
+    post-processor "checksum" {}
+  }
+}
+"#;
+
+    #[test]
+    fn sources_builds_variables_locals_and_overrides_evaluate_as_packer_does() {
+        let opts = LoadOptions {
+            vars: vec![("mem".into(), "2048".into())],
+            ..LoadOptions::default()
+        };
+        let (plan, d) = load_text("eval", T, &opts);
+        let plan = plan.unwrap_or_else(|| panic!("{d}"));
+        let names: Vec<&str> = plan.builds.iter().map(|b| b.full_name.as_str()).collect();
+        assert_eq!(names, ["qemu.a", "qemu.b2"]);
+        let a = &plan.builds[0];
+        // -var beats the default, and locals see it.
+        assert_eq!(a.builder.get("memory"), Some(&serde_json::json!(2048)));
+        assert_eq!(
+            a.builder.get("vm_name"),
+            Some(&serde_json::json!("web-2048"))
+        );
+        // An override block replaces the source's value for its instance only.
+        assert_eq!(
+            plan.builds[1].builder.get("memory"),
+            Some(&serde_json::json!(1024))
+        );
+        // source.name and build.name inside a provisioner; common options lifted out.
+        let p = &a.provisioners[0];
+        assert_eq!(
+            p.component.get("inline"),
+            Some(&serde_json::json!(["echo a web"]))
+        );
+        assert_eq!(p.common.max_retries, 2);
+        assert_eq!(a.post_processors.len(), 1, "one chain");
+        assert_eq!(a.post_processors[0].len(), 2);
+        assert!(plan.sensitive_values.iter().any(|s| s == "s3cret-value"));
+    }
+
+    #[test]
+    fn only_and_except_select_builds_by_name() {
+        let only = LoadOptions {
+            only: vec!["qemu.b2".into()],
+            ..LoadOptions::default()
+        };
+        let (plan, d) = load_text("only", T, &only);
+        let plan = plan.unwrap_or_else(|| panic!("{d}"));
+        assert_eq!(plan.builds.len(), 1);
+        assert_eq!(plan.builds[0].full_name, "qemu.b2");
+        let except = LoadOptions {
+            except: vec!["web.qemu.a".into()],
+            ..LoadOptions::default()
+        };
+        let (plan, _) = load_text("except", T, &except);
+        assert_eq!(plan.map(|p| p.builds.len()), Some(1));
+    }
+
+    #[test]
+    fn mistakes_are_reported_at_their_place_with_the_nearest_name() {
+        let (plan, d) = load_text(
+            "undeclared",
+            "source \"qemu\" \"tiny\" {}\nbuild {\n  sources = [\"source.qemu.tinny\"]\n}\n",
+            &LoadOptions::default(),
+        );
+        assert!(plan.is_none());
+        assert!(
+            d.contains("t.pkr.hcl:3:13: build refers to undeclared source \"qemu.tinny\""),
+            "{d}"
+        );
+        assert!(d.contains("did you mean source.qemu.tiny?"), "{d}");
+        let (plan, d) = load_text(
+            "badtype",
+            "variable \"n\" {\n  type = number\n  default = \"many\"\n}\n",
+            &LoadOptions::default(),
+        );
+        assert!(plan.is_none());
+        assert!(d.contains("t.pkr.hcl:3:"), "{d}");
+        let (_, d) = load_text(
+            "fn",
+            "locals {\n  x = uper(\"a\")\n}\n",
+            &LoadOptions::default(),
+        );
+        assert!(d.contains("did you mean upper"), "{d}");
+    }
+}

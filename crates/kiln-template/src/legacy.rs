@@ -587,3 +587,85 @@ fn step(cx: &mut Cx<'_>, n: &Node, build: &str, gc: &GoCtx<'_>) -> Option<Step> 
         common,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{load, LoadOptions, Plan};
+
+    fn load_json(name: &str, text: &str, opts: &LoadOptions) -> (Option<Plan>, String) {
+        let dir = std::env::temp_dir().join(format!("kiln-legacy-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let p = dir.join("t.json");
+        std::fs::write(&p, text).expect("write");
+        let (plan, d) = load(&p, opts);
+        let _ = std::fs::remove_dir_all(&dir);
+        (plan, d.to_string())
+    }
+
+    const T: &str = r#"{
+  "variables": {"mem": "512", "token": "tok-123456789", "name": "img"},
+  "sensitive-variables": ["token"],
+  "builders": [
+    {"type": "qemu", "name": "one", "memory": "{{user `mem`}}", "vm_name": "{{user `name`}}-{{build_name}}"},
+    {"type": "qemu", "name": "two", "memory": 256}
+  ],
+  "provisioners": [{"type": "shell", "inline": ["echo {{build_name}} {{build_type}}"], "only": ["two"]}],
+  "post-processors": ["manifest", [{"type": "checksum"}, {"type": "compress"}]]
+}"#;
+
+    #[test]
+    fn builders_provisioners_and_post_processor_chains_render_per_build() {
+        let opts = LoadOptions {
+            vars: vec![("mem".into(), "1024".into())],
+            ..LoadOptions::default()
+        };
+        let (plan, d) = load_json("render", T, &opts);
+        let plan = plan.unwrap_or_else(|| panic!("{d}"));
+        assert_eq!(plan.format, "json");
+        let one = &plan.builds[0];
+        assert_eq!(one.full_name, "one");
+        assert_eq!(one.builder.get("memory"), Some(&serde_json::json!("1024")));
+        assert_eq!(
+            one.builder.get("vm_name"),
+            Some(&serde_json::json!("img-one"))
+        );
+        // The provisioner's `only` keeps it to build "two".
+        assert!(one.provisioners.is_empty());
+        let two = &plan.builds[1];
+        assert_eq!(
+            two.provisioners[0].component.get("inline"),
+            Some(&serde_json::json!(["echo two qemu"]))
+        );
+        // A string is a chain of one; a nested list is one chain.
+        let chains: Vec<usize> = two.post_processors.iter().map(Vec::len).collect();
+        assert_eq!(chains, [1, 2]);
+        assert_eq!(plan.sensitive_values, ["tok-123456789"]);
+    }
+
+    #[test]
+    fn only_selects_builders_and_mistakes_point_at_their_key() {
+        let opts = LoadOptions {
+            only: vec!["two".into()],
+            ..LoadOptions::default()
+        };
+        let (plan, _) = load_json("only", T, &opts);
+        assert_eq!(plan.map(|p| p.builds.len()), Some(1));
+        let (plan, d) = load_json(
+            "typo",
+            "{\n  \"builderz\": [],\n  \"builders\": [{\"type\": \"qemu\"}]\n}",
+            &LoadOptions::default(),
+        );
+        assert!(plan.is_none());
+        assert!(
+            d.contains("t.json:2:3: unknown top-level key \"builderz\""),
+            "{d}"
+        );
+        assert!(d.contains("did you mean \"builders\"?"), "{d}");
+        let (_, d) = load_json(
+            "novalue",
+            "{\"variables\": {\"v\": null}, \"builders\": [{\"type\": \"qemu\"}]}",
+            &LoadOptions::default(),
+        );
+        assert!(d.contains("required variable \"v\" has no value"), "{d}");
+    }
+}
