@@ -2,56 +2,50 @@
 //! order changes between runs). `qemuargs` replaces kiln's defaults for every flag it names, as in
 //! Packer; `qemu_extra_args` only appends.
 
+use super::config::Settings;
 use kiln_core::placeholders::fill;
 use std::collections::BTreeMap;
 
+/// The options come from the settings; the rest is what the launch decided at run time.
 pub struct ArgvInput<'a> {
-    pub vm_name: &'a str,
-    pub machine_type: &'a str,
+    pub s: &'a Settings,
     pub accel: &'a str,
-    pub cpu_model: Option<&'a str>,
-    pub cpus: u64,
-    pub memory: u64,
+    /// The `-drive` of the boot disk (the overlay, with its interface, cache and discard).
     pub drive: String,
     /// CD-ROMs (installer ISO, cd_files seed), in order.
-    pub cdroms: Vec<String>,
+    pub cdroms: &'a [String],
     /// `-boot` value: `c` for a disk image, `once=d` to start an installer CD once.
     pub boot: &'a str,
     pub netdev: String,
-    pub net_device: String,
-    pub kernel: Option<&'a str>,
-    pub initrd: Option<&'a str>,
-    pub kernel_args: Option<&'a str>,
-    pub display: Option<&'a str>,
     /// `-vnc` value when someone wants to watch (vnc_bind_address / vnc_port_min / ...).
     pub vnc: Option<String>,
-    pub efi: Option<(String, String)>,
     pub qmp_socket: String,
     /// A second monitor only for watching events (installer reboots).
     pub events_socket: Option<String>,
     pub serial_log: String,
-    pub qemuargs: &'a [Vec<String>],
-    pub extra: &'a [String],
+    /// Flags appended after qemu_extra_args (the cloud-init seed's -smbios).
+    pub more: &'a [String],
     pub vars: &'a BTreeMap<String, String>,
 }
 
 /// Returns the argv after the binary.
 pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
+    let cfg = &i.s.cfg;
     let mut defaults: Vec<Vec<String>> = Vec::new();
     let mut push = |v: &[&str]| defaults.push(v.iter().map(|s| s.to_string()).collect());
-    push(&["-name", i.vm_name]);
+    push(&["-name", &i.s.vm_name]);
     push(&[
         "-machine",
-        &format!("type={},accel={}", i.machine_type, i.accel),
+        &format!("type={},accel={}", cfg.machine_type, i.accel),
     ]);
-    if let Some(c) = i.cpu_model {
+    if let Some(c) = cfg.cpu_model.as_deref() {
         push(&["-cpu", c]);
     } else if i.accel == "kvm" {
         push(&["-cpu", "host"]);
     }
-    push(&["-smp", &i.cpus.to_string()]);
-    push(&["-m", &format!("{}M", i.memory)]);
-    if let Some((code, vars)) = &i.efi {
+    push(&["-smp", &cfg.cpus.to_string()]);
+    push(&["-m", &format!("{}M", cfg.memory)]);
+    if let Some((code, vars)) = &i.s.efi {
         push(&[
             "-drive",
             &format!("if=pflash,format=raw,readonly=on,file={code}"),
@@ -66,21 +60,21 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
         ]);
     }
     push(&["-netdev", &i.netdev]);
-    push(&["-device", &i.net_device]);
+    push(&["-device", &format!("{},netdev=user.0", cfg.net_device)]);
     // Not in Packer's defaults: without an entropy source, SSH servers in small guests wait
     // seconds for randomness at boot.
     push(&["-device", "virtio-rng-pci"]);
-    if let Some(k) = i.kernel {
+    if let Some(k) = cfg.kernel.as_deref() {
         push(&["-kernel", k]);
     }
-    if let Some(k) = i.initrd {
+    if let Some(k) = cfg.initrd.as_deref() {
         push(&["-initrd", k]);
     }
-    if let Some(a) = i.kernel_args {
+    if let Some(a) = cfg.kernel_args.as_deref() {
         push(&["-append", a]);
     }
     push(&["-boot", i.boot]);
-    match i.display {
+    match i.s.display.as_deref() {
         Some(d) => push(&["-display", d]),
         None => push(&["-display", "none"]),
     }
@@ -89,14 +83,14 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
     }
     push(&["-serial", &format!("file:{}", i.serial_log)]);
 
-    let user: Vec<Vec<String>> = i
+    let user: Vec<Vec<String>> = cfg
         .qemuargs
         .iter()
         .map(|a| {
             a.iter()
                 .map(|s| {
                     fill(
-                        &s.replace("{{ .SSHHostPort }}", "0")
+                        &s.0.replace("{{ .SSHHostPort }}", "0")
                             .replace("{{.SSHHostPort}}", "0"),
                         i.vars,
                     )
@@ -125,7 +119,8 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
     if let Some(ev) = &i.events_socket {
         out.extend(["-qmp".to_string(), format!("unix:{ev},server=on,wait=off")]);
     }
-    out.extend(i.extra.iter().map(|s| fill(s, i.vars)));
+    out.extend(cfg.qemu_extra_args.iter().map(|s| fill(s, i.vars)));
+    out.extend(i.more.iter().map(|s| fill(s, i.vars)));
     out
 }
 
@@ -133,30 +128,46 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn input<'a>(qemuargs: &'a [Vec<String>], vars: &'a BTreeMap<String, String>) -> ArgvInput<'a> {
+    fn settings(qemuargs: &[Vec<String>]) -> Settings {
+        use kiln_core::config::{MemoryMib, Text};
+        let cfg = super::super::config::QemuConfig {
+            iso_url: Some(Text("base.qcow2".into())),
+            iso_checksum: Some(Text("none".into())),
+            memory: MemoryMib(256),
+            qemuargs: qemuargs
+                .iter()
+                .map(|a| a.iter().map(|s| Text(s.clone())).collect())
+                .collect(),
+            ..Default::default()
+        };
+        let ssh = kiln_ssh::options::SshOptions {
+            ssh_username: Some(Text("root".into())),
+            ..Default::default()
+        };
+        let c = kiln_template::Component {
+            kind: "qemu".into(),
+            name: Some("vm".into()),
+            span: kiln_template::Span::file_only(std::path::Path::new("t.pkr.hcl")),
+            attrs: Default::default(),
+        };
+        let mut s = cfg.resolve("vm", ssh, None, &c).expect("resolves").0;
+        s.vm_name = "vm".into();
+        s
+    }
+
+    fn input<'a>(s: &'a Settings, vars: &'a BTreeMap<String, String>) -> ArgvInput<'a> {
         ArgvInput {
-            vm_name: "vm",
-            machine_type: "pc",
+            s,
             accel: "tcg",
-            cpu_model: None,
-            cpus: 1,
-            memory: 256,
             drive: "file=o.qcow2,if=virtio".into(),
-            cdroms: Vec::new(),
+            cdroms: &[],
             boot: "c",
             netdev: "user,id=user.0,hostfwd=tcp:127.0.0.1:0-:22".into(),
-            net_device: "virtio-net,netdev=user.0".into(),
-            kernel: None,
-            initrd: None,
-            kernel_args: None,
-            display: None,
             vnc: None,
-            efi: None,
             qmp_socket: "/w/qmp.sock".into(),
             events_socket: None,
             serial_log: "/w/console.log".into(),
-            qemuargs,
-            extra: &[],
+            more: &[],
             vars,
         }
     }
@@ -164,8 +175,10 @@ mod tests {
     #[test]
     fn argv_is_stable_and_qemuargs_replace_defaults() {
         let vars = BTreeMap::new();
-        let a = build(&input(&[], &vars));
-        assert_eq!(a, build(&input(&[], &vars)));
+        let plain = settings(&[]);
+        let a = build(&input(&plain, &vars));
+        assert_eq!(a, build(&input(&plain, &vars)));
+        assert!(a.join(" ").contains("-m 256M -drive"), "{a:?}");
         assert_eq!(&a[..4], &["-name", "vm", "-machine", "type=pc,accel=tcg"]);
         let user = vec![
             vec![
@@ -174,7 +187,8 @@ mod tests {
             ],
             vec!["-device".to_string(), "e1000,netdev=n".to_string()],
         ];
-        let b = build(&input(&user, &vars));
+        let with_user = settings(&user);
+        let b = build(&input(&with_user, &vars));
         let joined = b.join(" ");
         assert!(
             joined.contains("-netdev user,id=n,hostfwd=tcp::0-:22"),

@@ -497,46 +497,28 @@ impl QemuBuilder {
             }
             None => None,
         };
-        let mut extra_args: Vec<String> =
-            s.cfg.qemu_extra_args.iter().map(|a| a.0.clone()).collect();
-        let qemuargs: Vec<Vec<String>> = s
-            .cfg
-            .qemuargs
-            .iter()
-            .map(|v| v.iter().map(|a| a.0.clone()).collect())
-            .collect();
+        let mut more: Vec<String> = Vec::new();
         if let (Some(_), Some(h)) = (&served.temp_key, &served.http) {
             // Where cloud-init's NoCloud datasource finds the seed.
-            extra_args.extend([
+            more.extend([
                 "-smbios".to_string(),
                 format!("type=1,serial=ds=nocloud-net;s=http://10.0.2.2:{}/", h.port),
             ]);
         }
         let args = argv::build(&argv::ArgvInput {
-            vm_name: &s.vm_name,
-            machine_type: &s.cfg.machine_type,
+            s,
             accel: &accel,
-            cpu_model: s.cfg.cpu_model.as_deref(),
-            cpus: u64::from(s.cfg.cpus.0),
-            memory: s.cfg.memory.0,
             drive,
-            cdroms: disks.cdroms.clone(),
+            cdroms: &disks.cdroms,
             boot: if s.cfg.disk_image.0 { "c" } else { "once=d" },
             netdev: format!("user,id=user.0,hostfwd=tcp:127.0.0.1:0-:{guest_port}"),
-            net_device: format!("{},netdev=user.0", s.cfg.net_device.0),
-            kernel: s.cfg.kernel.as_deref(),
-            initrd: s.cfg.initrd.as_deref(),
-            kernel_args: s.cfg.kernel_args.as_deref(),
-            display: s.display.as_deref(),
             vnc: vnc.as_ref().map(|(b, p, pw)| {
                 format!("{b}:{}{}", p - 5900, if *pw { ",password=on" } else { "" })
             }),
-            efi: s.efi.clone(),
             qmp_socket: qmp_sock.display().to_string(),
             events_socket: (!s.cfg.disk_image.0).then(|| events_sock.display().to_string()),
             serial_log: console.display().to_string(),
-            qemuargs: &qemuargs,
-            extra: &extra_args,
+            more: &more,
             vars,
         });
         em.debug(format!(
