@@ -10,6 +10,11 @@ use serde::Deserialize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+kiln_core::choice! {
+    /// Which way files go (`direction`).
+    pub enum Direction { Upload = "upload", Download = "download" }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct FileConfig {
@@ -17,7 +22,7 @@ pub struct FileConfig {
     pub sources: Option<Vec<Text>>,
     pub content: Option<Text>,
     pub destination: Option<Text>,
-    pub direction: Option<Text>,
+    pub direction: Option<Direction>,
     pub generated: Option<Flag>,
 }
 
@@ -31,17 +36,7 @@ pub struct FileProv {
 pub fn from_component(c: &Component) -> std::result::Result<FileProv, Diagnostics> {
     let cfg: FileConfig = decode(c, &[])?;
     let mut d = Diagnostics::default();
-    let download = match cfg.direction.as_deref() {
-        None | Some("upload") => false,
-        Some("download") => true,
-        Some(other) => {
-            d.push(Diagnostic::error(
-                format!("direction must be \"upload\" or \"download\", not {other:?}"),
-                Some(c.span_of("direction").clone()),
-            ));
-            false
-        }
-    };
+    let download = cfg.direction == Some(Direction::Download);
     let mut sources: Vec<String> = cfg.source.iter().map(|s| s.0.clone()).collect();
     sources.extend(cfg.sources.iter().flatten().map(|s| s.0.clone()));
     let n = usize::from(!sources.is_empty()) + usize::from(cfg.content.is_some());

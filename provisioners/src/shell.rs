@@ -4,47 +4,94 @@ use kiln_core::config::{decode, Dur, ExitStatus, Flag, Text};
 use kiln_core::placeholders::fill;
 use kiln_core::{Communicator, Error, Provisioner, Result, Source, StepCx};
 use kiln_template::{Component, Diagnostic, Diagnostics};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Default, Deserialize)]
+/// The shell provisioner's options, declared once: typed fields, static defaults in `Default`,
+/// and `Serialize` as the cache key's view (`skip_serializing` = cannot change the disk; the
+/// scripts enter the key by content through `Shell::scripts`).
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ShellConfig {
+    /// Commands, run as one script.
+    #[serde(skip_serializing)]
     pub inline: Option<Vec<Text>>,
+    /// The interpreter line of the inline script (default `/bin/sh -e`).
+    #[serde(skip_serializing)]
     pub inline_shebang: Option<Text>,
+    /// A local script to upload and run.
+    #[serde(skip_serializing)]
     pub script: Option<Text>,
+    /// Local scripts, run in order.
+    #[serde(skip_serializing)]
     pub scripts: Option<Vec<Text>>,
+    /// `KEY=value` entries for the scripts' environment.
+    #[serde(skip_serializing)]
     pub environment_vars: Option<Vec<Text>>,
+    /// More environment, as a map.
+    #[serde(skip_serializing)]
     pub env: Option<BTreeMap<String, Text>>,
-    pub env_var_format: Option<Text>,
-    pub execute_command: Option<Text>,
-    pub expect_disconnect: Option<Flag>,
-    pub valid_exit_codes: Option<Vec<ExitStatus>>,
-    pub remote_folder: Option<Text>,
+    /// How one variable is written before the command (default `%s='%s' `).
+    pub env_var_format: Text,
+    /// How a script is run (default `chmod +x {{.Path}}; {{.Vars}} {{.Path}}`).
+    pub execute_command: Text,
+    /// A disconnect while the script runs (a reboot) is success.
+    pub expect_disconnect: Flag,
+    /// Exit statuses that count as success (default `[0]`).
+    pub valid_exit_codes: Vec<ExitStatus>,
+    /// Where scripts are uploaded (default `/tmp`).
+    pub remote_folder: Text,
+    /// The uploaded script's name (one script).
     pub remote_file: Option<Text>,
+    /// The uploaded script's whole path.
     pub remote_path: Option<Text>,
-    pub skip_clean: Option<Flag>,
+    /// Leave the uploaded script in the guest.
+    pub skip_clean: Flag,
+    /// Wait after the scripts ran.
+    #[serde(skip_serializing)]
     pub pause_after: Option<Dur>,
-    pub start_retry_timeout: Option<Dur>,
+    /// How long to retry the upload while the guest comes back (default 5m).
+    #[serde(skip_serializing)]
+    pub start_retry_timeout: Dur,
+    /// Accepted; not acted on (scripts are uploaded as they are).
     pub binary: Option<Flag>,
+    /// Accepted; not acted on (variables are passed on the command line).
     pub use_env_var_file: Option<Flag>,
 }
 
+impl Default for ShellConfig {
+    fn default() -> Self {
+        ShellConfig {
+            inline: None,
+            inline_shebang: None,
+            script: None,
+            scripts: None,
+            environment_vars: None,
+            env: None,
+            env_var_format: Text("%s='%s' ".into()),
+            execute_command: Text("chmod +x {{.Path}}; {{.Vars}} {{.Path}}".into()),
+            expect_disconnect: Flag(false),
+            valid_exit_codes: vec![ExitStatus(0)],
+            remote_folder: Text("/tmp".into()),
+            remote_file: None,
+            remote_path: None,
+            skip_clean: Flag(false),
+            pause_after: None,
+            start_retry_timeout: Dur(Duration::from_secs(300)),
+            binary: None,
+            use_env_var_file: None,
+        }
+    }
+}
+
 pub struct Shell {
+    cfg: ShellConfig,
+    /// (name, body) of each script, inline first.
     scripts: Vec<(String, ScriptBody)>,
+    /// environment_vars then env, resolved.
     env: Vec<(String, String)>,
-    env_var_format: String,
-    execute_command: String,
-    expect_disconnect: bool,
-    valid_exit_codes: Vec<i32>,
-    remote_folder: String,
-    remote_file: Option<String>,
-    remote_path: Option<String>,
-    skip_clean: bool,
-    pause_after: Option<Duration>,
-    start_retry_timeout: Duration,
 }
 
 enum ScriptBody {
@@ -101,31 +148,7 @@ pub fn from_component(c: &Component) -> std::result::Result<Shell, Diagnostics> 
     if d.has_errors() {
         return Err(d);
     }
-    Ok(Shell {
-        scripts,
-        env,
-        env_var_format: cfg
-            .env_var_format
-            .map_or_else(|| "%s='%s' ".to_string(), |t| t.0),
-        execute_command: cfg.execute_command.map_or_else(
-            || "chmod +x {{.Path}}; {{.Vars}} {{.Path}}".to_string(),
-            |t| t.0,
-        ),
-        expect_disconnect: cfg.expect_disconnect.is_some_and(|f| f.0),
-        valid_exit_codes: cfg
-            .valid_exit_codes
-            .map_or_else(|| vec![0], |v| v.iter().map(|n| n.0).collect()),
-        remote_folder: cfg
-            .remote_folder
-            .map_or_else(|| "/tmp".to_string(), |t| t.0),
-        remote_file: cfg.remote_file.map(|t| t.0),
-        remote_path: cfg.remote_path.map(|t| t.0),
-        skip_clean: cfg.skip_clean.is_some_and(|f| f.0),
-        pause_after: cfg.pause_after.map(|d| d.0),
-        start_retry_timeout: cfg
-            .start_retry_timeout
-            .map_or(Duration::from_secs(300), |d| d.0),
-    })
+    Ok(Shell { cfg, scripts, env })
 }
 
 /// `KEY='value' ` pairs, values quoted for the shell.
@@ -186,18 +209,18 @@ pub fn packer_env(cx: &StepCx<'_>) -> Vec<(String, String)> {
 
 impl Shell {
     fn remote_path(&self, i: usize) -> String {
-        if let Some(p) = &self.remote_path {
+        if let Some(p) = &self.cfg.remote_path {
             return if self.scripts.len() > 1 {
                 format!("{p}.{i}")
             } else {
-                p.clone()
+                p.0.clone()
             };
         }
-        let file = match &self.remote_file {
-            Some(f) if self.scripts.len() == 1 => f.clone(),
+        let file = match &self.cfg.remote_file {
+            Some(f) if self.scripts.len() == 1 => f.0.clone(),
             _ => format!("script_{}_{i}.sh", std::process::id()),
         };
-        format!("{}/{file}", self.remote_folder.trim_end_matches('/'))
+        format!("{}/{file}", self.cfg.remote_folder.trim_end_matches('/'))
     }
 
     fn run_one(
@@ -220,7 +243,7 @@ impl Shell {
                 Ok(()) => break,
                 Err(Error::Cancelled) => return Err(Error::Cancelled),
                 Err(e @ (Error::Io { .. } | Error::Fatal(_))) => return Err(e),
-                Err(e) if start.elapsed() < self.start_retry_timeout => {
+                Err(e) if start.elapsed() < self.cfg.start_retry_timeout.0 => {
                     cx.em
                         .debug(format!("upload of {name} failed ({e}); retrying"));
                     comm.reset();
@@ -236,20 +259,24 @@ impl Shell {
         let mut env = packer_env(cx);
         env.extend(self.env.iter().cloned());
         let mut vars = cx.vars.clone();
-        vars.insert("Vars".into(), env_string(&self.env_var_format, &env));
+        vars.insert("Vars".into(), env_string(&self.cfg.env_var_format, &env));
         vars.insert("Path".into(), remote.clone());
-        let cmd = fill(&self.execute_command, &vars);
+        let cmd = fill(&self.cfg.execute_command, &vars);
         cx.em.debug(format!("running {name}: {cmd}"));
         let em = cx.em;
         match comm.exec(&cmd, &mut |l| em.output(l)) {
-            Ok(code) if self.valid_exit_codes.contains(&code) => {}
+            Ok(code) if self.cfg.valid_exit_codes.iter().any(|v| v.0 == code) => {}
             Ok(code) => {
                 return Err(Error::failed(format!(
                     "{name} exited with status {code} (valid_exit_codes: {:?})",
-                    self.valid_exit_codes
+                    self.cfg
+                        .valid_exit_codes
+                        .iter()
+                        .map(|v| v.0)
+                        .collect::<Vec<_>>()
                 )));
             }
-            Err(Error::Disconnected(why)) if self.expect_disconnect => {
+            Err(Error::Disconnected(why)) if self.cfg.expect_disconnect.0 => {
                 cx.em.say(format!(
                     "{name}: the guest disconnected, as expected ({why})"
                 ));
@@ -261,7 +288,7 @@ impl Shell {
             }
             Err(e) => return Err(e),
         }
-        if !self.skip_clean {
+        if !self.cfg.skip_clean.0 {
             let _ = comm.exec(
                 &format!("rm -f {}", kiln_ssh::shell_quote(&remote)),
                 &mut |_| {},
@@ -285,17 +312,13 @@ impl Provisioner for Shell {
             };
             scripts.push(serde_json::json!({"name": name, "digest": digest}));
         }
+        // The options as their fields declare; scripts by content; the resolved environment.
+        let options = serde_json::to_value(&self.cfg)
+            .map_err(|e| Error::failed(format!("cache key: {e}")))?;
         Ok(serde_json::json!({
             "scripts": scripts,
             "env": self.env,
-            "env_var_format": self.env_var_format,
-            "execute_command": self.execute_command,
-            "expect_disconnect": self.expect_disconnect,
-            "valid_exit_codes": self.valid_exit_codes,
-            "remote_folder": self.remote_folder,
-            "remote_file": self.remote_file,
-            "remote_path": self.remote_path,
-            "skip_clean": self.skip_clean,
+            "options": options,
         }))
     }
 
@@ -309,7 +332,7 @@ impl Provisioner for Shell {
             cx.cancel.check()?;
             self.run_one(comm, cx, i, name, body)?;
         }
-        if let Some(p) = self.pause_after {
+        if let Some(p) = self.cfg.pause_after.map(|d| d.0) {
             cx.cancel.sleep(p)?;
         }
         Ok(())
@@ -327,5 +350,71 @@ mod tests {
             &[("A".into(), "it's".into()), ("B".into(), "x y".into())],
         );
         assert_eq!(s, "A='it'\"'\"'s' B='x y'");
+    }
+}
+
+#[cfg(test)]
+mod key_rule {
+    use super::*;
+    use kiln_template::{Attr, Span};
+    use std::path::Path;
+
+    fn key(pairs: &[(&str, serde_json::Value)]) -> serde_json::Value {
+        let span = Span::file_only(Path::new("t.pkr.hcl"));
+        let c = Component {
+            kind: "shell".into(),
+            name: None,
+            span: span.clone(),
+            attrs: pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Attr {
+                            value: v.clone(),
+                            span: span.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        from_component(&c)
+            .map_err(|d| d.to_string())
+            .and_then(|s| s.key_inputs().map_err(|e| e.to_string()))
+            .expect("a key")
+    }
+
+    #[test]
+    fn the_shell_key_has_the_scripts_by_content_and_only_options_that_change_the_guest() {
+        let inline = ("inline", serde_json::json!(["echo hi"]));
+        let base = key(std::slice::from_ref(&inline));
+        assert_eq!(
+            base["scripts"][0]["digest"],
+            kiln_core::text_digest("#!/bin/sh -e\necho hi\n"),
+            "inline commands count by their text"
+        );
+        assert_eq!(base["options"]["valid_exit_codes"], serde_json::json!([0]));
+        for (k, v) in [
+            ("execute_command", serde_json::Value::from("sudo {{.Path}}")),
+            ("expect_disconnect", true.into()),
+            ("environment_vars", serde_json::json!(["A=1"])),
+            ("valid_exit_codes", serde_json::json!([0, 2])),
+        ] {
+            assert_ne!(
+                key(&[inline.clone(), (k, v)]),
+                base,
+                "{k} must be in the key"
+            );
+        }
+        for (k, v) in [
+            ("pause_after", serde_json::Value::from("5s")),
+            ("start_retry_timeout", "1m".into()),
+        ] {
+            assert_eq!(
+                key(&[inline.clone(), (k, v)]),
+                base,
+                "{k} must not be in the key"
+            );
+        }
     }
 }

@@ -268,7 +268,7 @@ fn load_options(t: &TemplateArgs, syntax_only: bool) -> Result<LoadOptions, Stri
         only: t.only.clone(),
         except: t.except.clone(),
         syntax_only,
-        plugins: prepare::plugins(),
+        plugins: Some(prepare::plugins()),
     })
 }
 

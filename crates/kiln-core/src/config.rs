@@ -56,9 +56,6 @@ pub fn decode<T: DeserializeOwned>(c: &Component, also_allowed: &[&str]) -> Resu
     let fields = fields_of::<T>();
     let mut diags = Diagnostics::default();
     for (key, attr) in &c.attrs {
-        if key.starts_with("__") {
-            continue;
-        }
         if !fields.contains(&key.as_str()) && !also_allowed.contains(&key.as_str()) {
             let all = fields.iter().chain(also_allowed.iter()).copied();
             let hint = match did_you_mean(key, all) {

@@ -214,7 +214,7 @@ impl<'o> Loader<'o> {
             for (name, span) in std::mem::take(&mut self.unknown_plugins) {
                 let msg = format!(
                     "required plugin {name:?} is not built into kiln (built in: {})",
-                    self.opts.plugins.join(", ")
+                    self.opts.plugins.as_deref().unwrap_or_default().join(", ")
                 );
                 let d = if filtered {
                     Diagnostic::warning(msg, Some(span))
@@ -583,7 +583,12 @@ impl<'o> Loader<'o> {
                     .unwrap_or("")
                     .to_string();
                 let plugin = source.rsplit('/').next().unwrap_or(&name).to_string();
-                let built_in = |n: &str| self.opts.plugins.iter().any(|p| p == n);
+                let built_in = |n: &str| {
+                    self.opts
+                        .plugins
+                        .as_ref()
+                        .is_none_or(|ps| ps.iter().any(|p| p == n))
+                };
                 if !built_in(&plugin) && !built_in(&name) {
                     let s = self.span(file, a.span());
                     self.unknown_plugins

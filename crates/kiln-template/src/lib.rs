@@ -58,8 +58,8 @@ pub struct LoadOptions {
     /// Parse only; evaluate nothing.
     pub syntax_only: bool,
     /// The Packer plugins kiln has built in (read from its component tables): what
-    /// `required_plugins` may name.
-    pub plugins: Vec<String>,
+    /// `required_plugins` may name. `None`: not checked (a caller without the tables).
+    pub plugins: Option<Vec<String>>,
 }
 
 /// Loads and evaluates the template at `path`. Returns the plan (None when there are errors) and
