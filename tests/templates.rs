@@ -99,6 +99,7 @@ fn cli_output_matches_its_snapshots() {
         ),
         ("inspect", &["inspect", "packer-docs-qemu.pkr.hcl"]),
         ("images-empty-store", &["images"]),
+        ("plugins-installed", &["plugins", "installed"]),
         ("unknown-flag", &["build", "--no-such-flag", "x.pkr.hcl"]),
         (
             "var-without-value",

@@ -83,6 +83,12 @@ struct OutputArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum PluginsCmd {
+    /// List every builder, provisioner, post-processor and communicator, from kiln's tables
+    Installed,
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// Build images from a template
     #[command(
@@ -161,6 +167,11 @@ enum Cmd {
     Completions {
         #[arg(value_parser = ["bash", "zsh", "fish"])]
         shell: String,
+    },
+    /// The components kiln has built in (Packer's `plugins` command)
+    Plugins {
+        #[command(subcommand)]
+        cmd: PluginsCmd,
     },
     /// Upload an image to an OCI registry
     #[command(
@@ -399,6 +410,12 @@ fn run(cli: Cli) -> Result<Status, CliError> {
             recursive,
             paths,
         } => fmt::run(&paths, check, diff, write && !check, recursive),
+        Cmd::Plugins {
+            cmd: PluginsCmd::Installed,
+        } => {
+            prepare::list_components();
+            Ok(Status::Success)
+        }
         Cmd::Completions { shell } => {
             let shell = match shell.as_str() {
                 "zsh" => clap_complete::Shell::Zsh,

@@ -9,6 +9,48 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+/// `kiln plugins installed`: every component, from the tables.
+pub fn list_components() {
+    let plugin = |p: Option<&str>| {
+        p.map_or_else(
+            || "Packer core".to_string(),
+            |p| format!("github.com/hashicorp/{p}"),
+        )
+    };
+    for r in kiln_builders::BUILDERS {
+        say!(
+            "builder        {:<12} {:<30} {}",
+            r.name,
+            plugin(r.plugin),
+            r.summary
+        );
+    }
+    for r in kiln_provisioners::PROVISIONERS {
+        say!(
+            "provisioner    {:<12} {:<30} {}",
+            r.name,
+            plugin(r.plugin),
+            r.summary
+        );
+    }
+    for r in kiln_provisioners::POST_PROCESSORS {
+        say!(
+            "post-processor {:<12} {:<30} {}",
+            r.name,
+            plugin(r.plugin),
+            r.summary
+        );
+    }
+    for (kind, have) in kiln_ssh::options::COMMUNICATORS {
+        let what = if *have { "built in" } else { "not built in" };
+        say!(
+            "communicator   {:<12} {:<30} {what}",
+            kind.as_str(),
+            "Packer core"
+        );
+    }
+}
+
 /// The Packer plugins whose components kiln has built in, from the component tables.
 pub fn plugins() -> Vec<String> {
     let mut p: Vec<String> = kiln_core::plugins::plugins(kiln_builders::BUILDERS)
