@@ -313,8 +313,7 @@ impl Provisioner for Shell {
             scripts.push(serde_json::json!({"name": name, "digest": digest}));
         }
         // The options as their fields declare; scripts by content; the resolved environment.
-        let options = serde_json::to_value(&self.cfg)
-            .map_err(|e| Error::failed(format!("cache key: {e}")))?;
+        let options = serde_json::to_value(&self.cfg).map_err(|e| Error::other("cache key", e))?;
         Ok(serde_json::json!({
             "scripts": scripts,
             "env": self.env,

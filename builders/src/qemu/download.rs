@@ -59,7 +59,7 @@ pub fn fetch(url: &str, checksum: &str, em: Option<&Emitter>, cancel: &Cancel) -
     let mut resp = agent
         .get(url)
         .call()
-        .map_err(|e| Error::failed(format!("cannot download iso_url {url}: {e}")))?;
+        .map_err(|e| Error::other(format!("cannot download iso_url {url}"), e))?;
     let total = resp.body().content_length().unwrap_or(0);
     let tmp = dir.join(format!(".{name}.part-{}", std::process::id()));
     let _cleanup = kiln_core::workdir::RemoveOnDrop::new(tmp.clone());

@@ -148,7 +148,7 @@ pub fn info(path: &Path) -> Result<ImageInfo> {
         ))
     })?;
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::failed(format!("qemu-img info: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| Error::other("qemu-img info", e))?;
     Ok(ImageInfo {
         format: v["format"].as_str().unwrap_or("raw").to_string(),
         virtual_size: v["virtual-size"].as_u64().unwrap_or(0),

@@ -209,10 +209,9 @@ impl Builder for QemuBuilder {
         };
         // The options as resolved, each as its field declares (config.rs): the values that can
         // change the disk, files by content.
-        let options =
-            serde_json::to_value(&s.cfg).map_err(|e| Error::failed(format!("cache key: {e}")))?;
-        let communicator = serde_json::to_value(&s.ssh_opts)
-            .map_err(|e| Error::failed(format!("cache key: {e}")))?;
+        let options = serde_json::to_value(&s.cfg).map_err(|e| Error::other("cache key", e))?;
+        let communicator =
+            serde_json::to_value(&s.ssh_opts).map_err(|e| Error::other("cache key", e))?;
         Ok(serde_json::json!({
             "base": format!("sha256:{digest}"),
             "disk_size": s.disk_size,

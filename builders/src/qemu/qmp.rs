@@ -62,7 +62,7 @@ impl Qmp {
             return Err(Error::failed("QMP connection closed (qemu exited)"));
         }
         serde_json::from_str(&line)
-            .map_err(|e| Error::failed(format!("bad QMP message {line:?}: {e}")))
+            .map_err(|e| Error::other(format!("bad QMP message {line:?}"), e))
     }
 
     /// Runs a command and returns its `return` value (events in between are skipped).

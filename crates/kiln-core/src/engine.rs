@@ -431,7 +431,7 @@ fn store(
     });
     // A last guard: nothing sensitive is ever written into the store.
     let text = kiln_template::redact(&job.secrets, &config.to_string());
-    config = serde_json::from_str(&text).map_err(|e| Error::failed(format!("manifest: {e}")))?;
+    config = serde_json::from_str(&text).map_err(|e| Error::other("manifest", e))?;
     let media = format!("application/vnd.kiln.disk.{}", disk.format);
     let (id, disk_ref) = opts.store.commit_image(&kiln_store::NewImage {
         disk: &disk.path,

@@ -183,7 +183,7 @@ impl SshComm {
     fn addr(&self) -> Result<SocketAddr> {
         (self.cfg.host.as_str(), self.cfg.port)
             .to_socket_addrs()
-            .map_err(|e| Error::failed(format!("cannot resolve ssh host {}: {e}", self.cfg.host)))?
+            .map_err(|e| Error::other(format!("cannot resolve ssh host {}", self.cfg.host), e))?
             .next()
             .ok_or_else(|| Error::failed(format!("ssh host {} has no address", self.cfg.host)))
     }
