@@ -822,3 +822,28 @@ build {{
         text(&o)
     );
 }
+
+#[test]
+fn cpu_topology_detect_zeroes_vga_and_iso_urls_reach_the_guest() {
+    let ctx = Ctx::new("topology");
+    let b = ctx.base.display();
+    // The first iso_urls candidate does not exist: the second is used, and the build says so.
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "topo",
+            &format!(
+                "  iso_urls = [\"{b}/no-such-base.qcow2\", \"{b}/base.qcow2\"]\n  sockets = 1\n  cores = 2\n  disk_detect_zeroes = \"on\"\n  vga = \"std\""
+            ),
+            "  provisioner \"shell\" {\n    inline = [\"echo cpus=$(grep -c ^processor /proc/cpuinfo)\"]\n  }",
+        )
+        .replace(&format!("  iso_url              = \"{b}/base.qcow2\"\n"), ""),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("cpus=2"), "sockets × cores became the guest's CPUs: {s}");
+    assert!(!s.contains("accepted but not acted on"), "{s}");
+    assert!(ctx.qemu_pids().is_empty());
+}

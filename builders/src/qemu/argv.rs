@@ -43,7 +43,7 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
     } else if i.accel == "kvm" {
         push(&["-cpu", "host"]);
     }
-    push(&["-smp", &cfg.cpus.to_string()]);
+    push(&["-smp", &i.s.smp]);
     push(&["-m", &format!("{}M", cfg.memory)]);
     if let Some((code, vars)) = &i.s.efi {
         push(&[
@@ -74,9 +74,11 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
         push(&["-append", a]);
     }
     push(&["-boot", i.boot]);
-    match i.s.display.as_deref() {
-        Some(d) => push(&["-display", d]),
-        None => push(&["-display", "none"]),
+    if let Some(d) = i.s.display.as_deref() {
+        push(&["-display", d]);
+    }
+    if let Some(v) = cfg.vga.as_deref() {
+        push(&["-vga", v]);
     }
     if let Some(v) = &i.vnc {
         push(&["-vnc", v]);
@@ -178,7 +180,15 @@ mod tests {
         let plain = settings(&[]);
         let a = build(&input(&plain, &vars));
         assert_eq!(a, build(&input(&plain, &vars)));
-        assert!(a.join(" ").contains("-m 256M -drive"), "{a:?}");
+        assert!(a.join(" ").contains("-smp 1 -m 256M -drive"), "{a:?}");
+        assert!(a.join(" ").contains("-display none"), "{a:?}");
+        // use_default_display passes no -display; vga adds -vga.
+        let mut s = settings(&[]);
+        s.display = None;
+        s.cfg.vga = Some(kiln_core::config::Text("std".into()));
+        let j = build(&input(&s, &vars)).join(" ");
+        assert!(!j.contains("-display"), "{j}");
+        assert!(j.contains("-vga std"), "{j}");
         assert_eq!(&a[..4], &["-name", "vm", "-machine", "type=pc,accel=tcg"]);
         let user = vec![
             vec![

@@ -65,7 +65,8 @@ pub struct QemuConfig {
     /// `file://`/`http(s)://` URL, or `oci://registry/repo:tag` (a kiln image pulled at build).
     #[serde(skip_serializing)]
     pub iso_url: Option<Text>,
-    /// Several URLs for the base; kiln uses the first.
+    /// Several URLs for the base, tried in order (a local path that exists, else each download
+    /// until one succeeds; every failure is reported). Not together with `iso_url`.
     #[serde(skip_serializing)]
     pub iso_urls: Option<Vec<Text>>,
     /// `sha256:…` (or md5/sha1/sha512), `file:URL` of a checksum file, or `none`. Required.
@@ -100,7 +101,8 @@ pub struct QemuConfig {
     pub disk_cache: DiskCache,
     /// Whether discards reach the image (default `ignore`).
     pub disk_discard: DiskDiscard,
-    /// Accepted; not acted on yet.
+    /// qemu's `-drive detect-zeroes=` (`off` by default, and then not passed); `unmap` needs
+    /// `disk_discard = "unmap"`.
     pub disk_detect_zeroes: Option<DetectZeroes>,
     /// Compress the qcow2 output.
     pub disk_compression: Flag,
@@ -117,13 +119,14 @@ pub struct QemuConfig {
     /// `auto` (default: KVM when it works, else TCG), `kvm`, `tcg`, `none`, …
     #[serde(skip_serializing)]
     pub accelerator: Accelerator,
-    /// Virtual CPUs (default 1).
-    pub cpus: Count,
-    /// Accepted; not acted on yet.
+    /// Virtual CPUs. Default: 1, or sockets × cores × threads when a topology is given; with
+    /// both, the smaller (as Packer).
+    pub cpus: Option<Count>,
+    /// CPU sockets (qemu's `-smp sockets=`).
     pub sockets: Option<Count>,
-    /// Accepted; not acted on yet.
+    /// Cores per socket (`-smp cores=`).
     pub cores: Option<Count>,
-    /// Accepted; not acted on yet.
+    /// Threads per core (`-smp threads=`).
     pub threads: Option<Count>,
     /// Memory in MiB (default 512).
     pub memory: MemoryMib,
@@ -145,9 +148,12 @@ pub struct QemuConfig {
     /// qemu's `-display` (only without `headless`).
     #[serde(skip_serializing)]
     pub display: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// Pass no `-display` at all and let qemu choose (kiln otherwise passes `-display none`,
+    /// or `display` when set).
     #[serde(skip_serializing)]
-    pub use_default_display: Option<Flag>,
+    pub use_default_display: Flag,
+    /// The emulated VGA card (`-vga`); unset, qemu's default for the machine.
+    pub vga: Option<Text>,
     /// Boot through UEFI firmware (OVMF).
     pub efi_boot: Flag,
     /// The UEFI code image (default Debian's OVMF_CODE_4M.fd).
@@ -291,7 +297,7 @@ impl Default for QemuConfig {
             output_directory: None,
             vm_name: None,
             accelerator: Accelerator::Auto,
-            cpus: Count(1),
+            cpus: None,
             sockets: None,
             cores: None,
             threads: None,
@@ -303,7 +309,8 @@ impl Default for QemuConfig {
             net_bridge: None,
             headless: Flag(false),
             display: None,
-            use_default_display: None,
+            use_default_display: Flag(false),
+            vga: None,
             efi_boot: Flag(false),
             efi_firmware_code: None,
             efi_firmware_vars: None,
@@ -353,18 +360,12 @@ impl Default for QemuConfig {
 
 /// Options accepted for compatibility that kiln does not act on yet (named in a warning).
 pub const INERT: &[&str] = &[
-    "iso_urls",
     "iso_target_path",
     "iso_target_extension",
     "iso_skip_cache",
     "disk_additional_size",
-    "disk_detect_zeroes",
     "qemu_img_args",
-    "sockets",
-    "cores",
-    "threads",
     "net_bridge",
-    "use_default_display",
     "efi_drop_efivars",
     "firmware",
     "tpm_device_type",
@@ -404,6 +405,10 @@ pub struct Settings {
     pub checksum: String,
     /// Where the base came from when kiln resolved it (an `oci://` reference and its digest).
     pub base_source: Option<String>,
+    /// Every base candidate in order (iso_urls, or the one iso_url): tried until one works.
+    pub base_urls: Vec<String>,
+    /// qemu's `-smp` value (cpus and topology, resolved as Packer does).
+    pub smp: String,
     /// The disk's size in bytes, unless skip_resize_disk.
     pub disk_size: Option<u64>,
     pub output_directory: PathBuf,
@@ -447,6 +452,34 @@ pub fn decode_all(c: &Component) -> Result<(QemuConfig, SshOptions, Diagnostics)
     }
 }
 
+/// `-smp` as Packer's qemu plugin writes it: the cpu count (1, or the topology's product, or the
+/// smaller of the two when both are given), then each topology term that was set.
+fn smp(q: &QemuConfig) -> String {
+    let terms = [q.sockets, q.cores, q.threads];
+    let product = terms
+        .iter()
+        .flatten()
+        .map(|c| u64::from(c.0))
+        .reduce(|a, b| a * b);
+    let cpus = match (q.cpus.map(|c| u64::from(c.0)), product) {
+        (Some(c), Some(p)) => c.min(p),
+        (Some(c), None) => c,
+        (None, Some(p)) => p,
+        (None, None) => 1,
+    };
+    let mut s = cpus.to_string();
+    for (name, v) in [
+        ("sockets", q.sockets),
+        ("cores", q.cores),
+        ("threads", q.threads),
+    ] {
+        if let Some(v) = v {
+            s.push_str(&format!(",{name}={v}"));
+        }
+    }
+    s
+}
+
 impl QemuConfig {
     /// The rules between options and the forms a value must have, each error at its attribute.
     fn check(
@@ -474,6 +507,22 @@ impl QemuConfig {
                     "set iso_checksum = \"sha256:…\", \"file:URL\", or \"none\" to skip the check",
                 ),
             );
+        }
+        if self.iso_url.is_some() && self.iso_urls.is_some() {
+            d.push(at(
+                "iso_urls",
+                "set iso_url or iso_urls, not both".into(),
+                Some("iso_urls lists every place the base may be fetched from, in order".into()),
+            ));
+        }
+        if self.disk_detect_zeroes == Some(DetectZeroes::Unmap)
+            && self.disk_discard != DiskDiscard::Unmap
+        {
+            d.push(at(
+                "disk_detect_zeroes",
+                "disk_detect_zeroes = \"unmap\" needs disk_discard = \"unmap\" (qemu refuses it otherwise)".into(),
+                None,
+            ));
         }
         for (i, cmd) in self.boot_command.iter().enumerate() {
             for (k, hint) in super::bootcmd::unknown_keys(cmd) {
@@ -580,22 +629,30 @@ impl QemuConfig {
             }
         };
         let t = |o: &Option<Text>| o.as_ref().map(|t| t.0.clone());
-        let (base_url, checksum) = match base {
+        let base_urls: Vec<String> = match base {
             Some(b) => {
                 self.disk_image = Flag(self.disk_image.0 || !c.attrs.contains_key("disk_image"));
-                (b.path.display().to_string(), b.digest.clone())
+                vec![b.path.display().to_string()]
             }
-            None => (
-                t(&self.iso_url)
-                    .or_else(|| {
-                        self.iso_urls
-                            .as_ref()
-                            .and_then(|u| u.first())
-                            .map(|t| t.0.clone())
-                    })
-                    .unwrap_or_default(),
-                t(&self.iso_checksum).unwrap_or_else(|| "none".into()),
-            ),
+            None => t(&self.iso_url)
+                .into_iter()
+                .chain(self.iso_urls.iter().flatten().map(|u| u.0.clone()))
+                .collect(),
+        };
+        // A local candidate that exists is the one used; else the first (downloads are tried
+        // in order when the base is fetched).
+        let base_url = base_urls
+            .iter()
+            .find(|u| {
+                !super::download::is_remote(u)
+                    && super::image::resolve_url(u).is_ok_and(|p| p.is_file())
+            })
+            .or(base_urls.first())
+            .cloned()
+            .unwrap_or_default();
+        let checksum = match base {
+            Some(b) => b.digest.clone(),
+            None => t(&self.iso_checksum).unwrap_or_else(|| "none".into()),
         };
         let vm_name = t(&self.vm_name).unwrap_or_else(|| format!("packer-{build}"));
         d.extend(self.check(c, base, &base_url, &checksum, &vm_name));
@@ -653,7 +710,17 @@ impl QemuConfig {
                 .disk_size
                 .filter(|_| !self.skip_resize_disk.0)
                 .map(|b| b.0),
-            display: t(&self.display).filter(|_| !self.headless.0),
+            smp: smp(&self),
+            base_urls,
+            display: if self.use_default_display.0 {
+                None
+            } else {
+                Some(
+                    t(&self.display)
+                        .filter(|_| !self.headless.0)
+                        .unwrap_or_else(|| "none".into()),
+                )
+            },
             base_source: base.map(|b| b.source.clone()),
             base_url,
             checksum,
@@ -887,7 +954,7 @@ mod tests {
     fn defaults_are_packers_and_depend_on_the_build_where_packer_says() {
         let s = settings(&[]).expect("resolves");
         assert_eq!(s.cfg.memory, MemoryMib(512));
-        assert_eq!(s.cfg.cpus, Count(1));
+        assert_eq!(s.smp, "1");
         assert_eq!(s.cfg.format, Format::Qcow2);
         assert_eq!(s.cfg.disk_interface, DiskInterface::Virtio);
         assert_eq!(s.cfg.accelerator, Accelerator::Auto);
@@ -914,7 +981,7 @@ mod tests {
         ])
         .expect("resolves");
         assert_eq!(s.cfg.memory, MemoryMib(1024));
-        assert_eq!(s.cfg.cpus, Count(2));
+        assert_eq!(s.cfg.cpus, Some(Count(2)));
         assert!(s.cfg.headless.0);
         assert_eq!(s.disk_size, Some(10 << 30));
         assert_eq!(s.cfg.format, Format::Raw);
@@ -1002,5 +1069,120 @@ mod tests {
         assert_eq!(s.base_url, "/store/blobs/sha256/abc");
         assert_eq!(s.checksum, base.digest);
         assert_eq!(s.base_source.as_deref(), Some(base.source.as_str()));
+    }
+}
+
+#[cfg(test)]
+mod acting {
+    //! Options that used to be "accepted but not acted on" (issue 14), each checked where it
+    //! reaches qemu.
+    use super::*;
+
+    fn cfg(f: impl FnOnce(&mut QemuConfig)) -> QemuConfig {
+        let mut q = QemuConfig {
+            iso_url: Some(Text("base.qcow2".into())),
+            iso_checksum: Some(Text("none".into())),
+            ..QemuConfig::default()
+        };
+        f(&mut q);
+        q
+    }
+
+    #[test]
+    fn cpu_topology_becomes_smp_as_packer_writes_it() {
+        assert_eq!(smp(&cfg(|_| {})), "1");
+        assert_eq!(smp(&cfg(|q| q.cpus = Some(Count(4)))), "4");
+        // The topology's product when cpus is not given...
+        let t = |q: &mut QemuConfig| {
+            q.sockets = Some(Count(2));
+            q.cores = Some(Count(2));
+            q.threads = Some(Count(2));
+        };
+        assert_eq!(smp(&cfg(t)), "8,sockets=2,cores=2,threads=2");
+        // ...and the smaller of the two when both are.
+        assert_eq!(
+            smp(&cfg(|q| {
+                t(q);
+                q.cpus = Some(Count(16));
+            })),
+            "8,sockets=2,cores=2,threads=2"
+        );
+        assert_eq!(
+            smp(&cfg(|q| {
+                t(q);
+                q.cpus = Some(Count(4));
+            })),
+            "4,sockets=2,cores=2,threads=2"
+        );
+        assert_eq!(smp(&cfg(|q| q.cores = Some(Count(3)))), "3,cores=3");
+    }
+
+    #[test]
+    fn iso_urls_are_candidates_in_order_and_the_first_local_one_that_exists_is_used() {
+        let dir = std::env::temp_dir().join(format!("kiln-isourls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let there = dir.join("there.img");
+        std::fs::write(&there, b"x").expect("file");
+        let span = kiln_template::Span::file_only(std::path::Path::new("t.pkr.hcl"));
+        let c = Component {
+            kind: "qemu".into(),
+            name: Some("x".into()),
+            span,
+            attrs: Default::default(),
+        };
+        let ssh = SshOptions {
+            communicator: Some(kiln_ssh::options::CommunicatorKind::None),
+            ..SshOptions::default()
+        };
+        let q = cfg(|q| {
+            q.iso_url = None;
+            q.iso_urls = Some(vec![
+                Text(dir.join("missing.img").display().to_string()),
+                Text(there.display().to_string()),
+                Text("https://example.invalid/base.img".into()),
+            ]);
+        });
+        let (s, _) = q.resolve("x", ssh, None, &c).expect("resolves");
+        assert_eq!(s.base_urls.len(), 3);
+        assert_eq!(s.base_url, there.display().to_string());
+        // Both at once is refused, as Packer does.
+        let both = cfg(|q| q.iso_urls = Some(vec![Text("a.img".into())]));
+        let ssh = SshOptions {
+            communicator: Some(kiln_ssh::options::CommunicatorKind::None),
+            ..SshOptions::default()
+        };
+        let err = both.resolve("x", ssh, None, &c).expect_err("both");
+        assert!(
+            err.to_string()
+                .contains("set iso_url or iso_urls, not both"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn detect_zeroes_unmap_needs_discard_unmap() {
+        let span = kiln_template::Span::file_only(std::path::Path::new("t.pkr.hcl"));
+        let c = Component {
+            kind: "qemu".into(),
+            name: Some("x".into()),
+            span,
+            attrs: Default::default(),
+        };
+        let none = || SshOptions {
+            communicator: Some(kiln_ssh::options::CommunicatorKind::None),
+            ..SshOptions::default()
+        };
+        let bad = cfg(|q| q.disk_detect_zeroes = Some(DetectZeroes::Unmap));
+        let err = bad.resolve("x", none(), None, &c).expect_err("refused");
+        assert!(
+            err.to_string().contains("needs disk_discard = \"unmap\""),
+            "{err}"
+        );
+        let good = cfg(|q| {
+            q.disk_detect_zeroes = Some(DetectZeroes::Unmap);
+            q.disk_discard = DiskDiscard::Unmap;
+        });
+        assert!(good.resolve("x", none(), None, &c).is_ok());
     }
 }

@@ -166,12 +166,47 @@ impl QemuBuilder {
 
 impl QemuBuilder {
     /// The base image on disk: a local path, or the download cache's copy of a remote URL.
+    /// With iso_urls, each candidate in order until one works; the error lists every failure.
     fn base_path(&self, em: Option<&Emitter>, cancel: &Cancel) -> Result<PathBuf> {
-        if download::is_remote(&self.s.base_url) {
-            download::fetch(&self.s.base_url, &self.s.checksum, em, cancel)
-        } else {
-            image::resolve_url(&self.s.base_url)
+        let one = |url: &str| {
+            if download::is_remote(url) {
+                download::fetch(url, &self.s.checksum, em, cancel)
+            } else {
+                let p = image::resolve_url(url)?;
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(Error::failed(format!("{} does not exist", p.display())))
+                }
+            }
+        };
+        if self.s.base_urls.len() <= 1 {
+            // One base: preflight has named a missing local file already.
+            return if download::is_remote(&self.s.base_url) {
+                download::fetch(&self.s.base_url, &self.s.checksum, em, cancel)
+            } else {
+                image::resolve_url(&self.s.base_url)
+            };
         }
+        let mut failures = Vec::new();
+        for url in std::iter::once(&self.s.base_url)
+            .chain(self.s.base_urls.iter().filter(|u| **u != self.s.base_url))
+        {
+            match one(url) {
+                Ok(p) => {
+                    if let (Some(em), false) = (em, failures.is_empty()) {
+                        em.warn(format!("iso_urls: using {url} ({})", failures.join("; ")));
+                    }
+                    return Ok(p);
+                }
+                Err(Error::Cancelled) => return Err(Error::Cancelled),
+                Err(e) => failures.push(format!("{url}: {e}")),
+            }
+        }
+        Err(Error::failed(format!(
+            "none of iso_urls could be fetched:\n  {}",
+            failures.join("\n  ")
+        )))
     }
 }
 
@@ -235,15 +270,21 @@ impl Builder for QemuBuilder {
             ));
         }
         let _ = force; // the engine decides about output_directory (a cache hit may reuse it)
-        let base = if download::is_remote(&s.base_url) {
-            PathBuf::from("/")
-        } else {
-            image::resolve_url(&s.base_url)?
-        };
-        if !download::is_remote(&s.base_url) && !base.is_file() {
+        let local_missing = s.base_urls.iter().all(|u| {
+            !download::is_remote(u) && image::resolve_url(u).map_or(true, |p| !p.is_file())
+        });
+        if local_missing {
+            let names: Vec<String> = s
+                .base_urls
+                .iter()
+                .map(|u| {
+                    image::resolve_url(u).map_or_else(|_| u.clone(), |p| p.display().to_string())
+                })
+                .collect();
             return Err(Error::failed(format!(
-                "base image {} (iso_url) does not exist",
-                base.display()
+                "base image {} (iso_url{}) does not exist",
+                names.join(", "),
+                if names.len() > 1 { "s" } else { "" }
             )));
         }
         if let Some(dir) = s.cfg.http_directory.as_ref().map(|d| PathBuf::from(&d.0)) {
@@ -480,13 +521,21 @@ impl QemuBuilder {
         let console = wd.join("console.log");
         let qmp_sock = wd.join("qmp.sock");
         let events_sock = wd.join("events.sock");
-        let drive = format!(
+        let mut drive = format!(
             "file={},if={},cache={},discard={},format=qcow2",
             disks.overlay.display(),
             s.cfg.disk_interface,
             s.cfg.disk_cache,
             s.cfg.disk_discard
         );
+        // `off` is qemu's default and is not passed (as Packer, for older qemu).
+        if let Some(z) = s
+            .cfg
+            .disk_detect_zeroes
+            .filter(|z| *z != config::DetectZeroes::Off)
+        {
+            drive.push_str(&format!(",detect-zeroes={z}"));
+        }
         let vnc = match &s.vnc {
             Some((bind, min, max, pw)) => {
                 let port = (*min..=(*max).max(*min))
