@@ -843,7 +843,41 @@ fn cpu_topology_detect_zeroes_vga_and_iso_urls_reach_the_guest() {
     let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
     let s = text(&out);
     assert!(out.status.success(), "{s}");
-    assert!(s.contains("cpus=2"), "sockets × cores became the guest's CPUs: {s}");
+    assert!(
+        s.contains("cpus=2"),
+        "sockets × cores became the guest's CPUs: {s}"
+    );
     assert!(!s.contains("accepted but not acted on"), "{s}");
+    assert!(ctx.qemu_pids().is_empty());
+}
+
+#[test]
+fn qemu_img_args_reach_qemu_img_and_cdroms_attach_over_virtio_scsi() {
+    let ctx = Ctx::new("qemuimgargs");
+    ctx.write("seed/hello.txt", "hello\n");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "imgargs",
+            "  cd_files = [\"seed/hello.txt\"]\n  cdrom_interface = \"virtio-scsi\"\n  qemu_img_args {\n    convert = [\"-o\", \"cluster_size=2M\"]\n    create  = [\"-o\", \"cluster_size=128k\"]\n  }",
+            "  provisioner \"shell\" {\n    inline = [\"echo up\"]\n  }",
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(!s.contains("accepted but not acted on"), "{s}");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(ctx.dir.join("out-imgargs/disk.qcow2"))
+        .output()
+        .expect("qemu-img runs");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    assert_eq!(
+        info["cluster-size"],
+        serde_json::json!(2 << 20),
+        "qemu_img_args.convert shaped the exported disk: {info}"
+    );
     assert!(ctx.qemu_pids().is_empty());
 }

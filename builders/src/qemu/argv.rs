@@ -53,11 +53,32 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
         push(&["-drive", &format!("if=pflash,format=raw,file={vars}")]);
     }
     push(&["-drive", &i.drive]);
+    use super::config::CdromInterface as Cd;
+    let cd = cfg.cdrom_interface;
+    if matches!(cd, Cd::Scsi | Cd::VirtioScsi) && !i.cdroms.is_empty() {
+        push(&["-device", "virtio-scsi-pci,id=kiln-scsi0"]);
+    }
     for (n, iso) in i.cdroms.iter().enumerate() {
-        push(&[
-            "-drive",
-            &format!("file={iso},media=cdrom,readonly=on,if=ide,index={n}"),
-        ]);
+        match cd {
+            Cd::Ide => push(&[
+                "-drive",
+                &format!("file={iso},media=cdrom,readonly=on,if=ide,index={n}"),
+            ]),
+            Cd::Virtio => push(&[
+                "-drive",
+                &format!("file={iso},media=cdrom,readonly=on,if=virtio"),
+            ]),
+            Cd::Scsi | Cd::VirtioScsi => {
+                push(&[
+                    "-drive",
+                    &format!("file={iso},media=cdrom,readonly=on,if=none,id=kiln-cd{n}"),
+                ]);
+                push(&[
+                    "-device",
+                    &format!("scsi-cd,bus=kiln-scsi0.0,drive=kiln-cd{n}"),
+                ]);
+            }
+        }
     }
     push(&["-netdev", &i.netdev]);
     push(&["-device", &format!("{},netdev=user.0", cfg.net_device)]);
@@ -189,6 +210,23 @@ mod tests {
         let j = build(&input(&s, &vars)).join(" ");
         assert!(!j.contains("-display"), "{j}");
         assert!(j.contains("-vga std"), "{j}");
+        // CD-ROMs: IDE by default; a virtio-scsi controller and scsi-cd devices on request.
+        let cds = ["/w/a.iso".to_string(), "/w/b.iso".to_string()];
+        let plain = settings(&[]);
+        let mut inp = input(&plain, &vars);
+        inp.cdroms = &cds;
+        let j = build(&inp).join(" ");
+        assert!(
+            j.contains("file=/w/b.iso,media=cdrom,readonly=on,if=ide,index=1"),
+            "{j}"
+        );
+        let mut scsi = settings(&[]);
+        scsi.cfg.cdrom_interface = super::super::config::CdromInterface::VirtioScsi;
+        let mut inp = input(&scsi, &vars);
+        inp.cdroms = &cds;
+        let j = build(&inp).join(" ");
+        assert!(j.contains("-device virtio-scsi-pci,id=kiln-scsi0"), "{j}");
+        assert!(j.contains("file=/w/b.iso,media=cdrom,readonly=on,if=none,id=kiln-cd1 -device scsi-cd,bus=kiln-scsi0.0,drive=kiln-cd1"), "{j}");
         assert_eq!(&a[..4], &["-name", "vm", "-machine", "type=pc,accel=tcg"]);
         let user = vec![
             vec![

@@ -56,6 +56,55 @@ choice! {
     pub enum DetectZeroes { Off = "off", On = "on", Unmap = "unmap" }
 }
 
+choice! {
+    /// How CD-ROMs attach to the guest.
+    pub enum CdromInterface { Ide = "ide", Virtio = "virtio", Scsi = "scsi", VirtioScsi = "virtio-scsi" }
+}
+
+/// `qemu_img_args { convert = [...] create = [...] resize = [...] }` (a block in HCL, an object
+/// in JSON).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QemuImgArgsFields {
+    pub convert: Vec<Text>,
+    pub create: Vec<Text>,
+    pub resize: Vec<Text>,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(transparent)]
+pub struct QemuImgArgs(pub QemuImgArgsFields);
+
+impl std::ops::Deref for QemuImgArgs {
+    type Target = QemuImgArgsFields;
+    fn deref(&self) -> &QemuImgArgsFields {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for QemuImgArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let v = match serde_json::Value::deserialize(d)? {
+            // An HCL block arrives as a list of its bodies.
+            serde_json::Value::Array(mut blocks) if blocks.len() == 1 => blocks.remove(0),
+            serde_json::Value::Array(blocks) if blocks.len() > 1 => {
+                return Err(D::Error::custom("qemu_img_args is given more than once"))
+            }
+            other => other,
+        };
+        serde_json::from_value(v)
+            .map(QemuImgArgs)
+            .map_err(D::Error::custom)
+    }
+}
+
+impl QemuImgArgs {
+    pub fn of(v: &[Text]) -> Vec<String> {
+        v.iter().map(|t| t.0.clone()).collect()
+    }
+}
+
 /// `Serialize` is the cache key's view of the options: a field without a serde attribute enters
 /// the key with its resolved value; `skip_serializing` fields cannot change the disk.
 #[derive(Debug, Deserialize, Serialize)]
@@ -108,8 +157,9 @@ pub struct QemuConfig {
     pub disk_compression: Flag,
     /// Accepted; not acted on yet (kiln always writes a compacted copy).
     pub skip_compaction: Option<Flag>,
-    /// Accepted; not acted on yet.
-    pub qemu_img_args: Option<serde_json::Value>,
+    /// Extra arguments for kiln's qemu-img calls: `convert` (the export), `create` (the overlay
+    /// or blank disk); `resize` is accepted (kiln sizes the overlay when it creates it).
+    pub qemu_img_args: QemuImgArgs,
     /// Where the image is published (default `output-BUILDNAME`); must not exist (or `-force`).
     #[serde(skip_serializing)]
     pub output_directory: Option<Text>,
@@ -170,8 +220,9 @@ pub struct QemuConfig {
     pub tpm_device_type: Option<Text>,
     /// Accepted; not acted on yet.
     pub vtpm: Option<Flag>,
-    /// Accepted; not acted on yet.
-    pub cdrom_interface: Option<Text>,
+    /// How CD-ROMs attach: `ide` (kiln's default: BIOS boots an installer from it), `virtio`,
+    /// `scsi` or `virtio-scsi` (a virtio-scsi controller with scsi-cd devices).
+    pub cdrom_interface: CdromInterface,
     /// qemu flags, each list one flag and its values; a flag named here replaces kiln's default
     /// for it, as in Packer. Files named by path count by content in the cache key.
     #[serde(serialize_with = "key::arg_lists")]
@@ -293,7 +344,7 @@ impl Default for QemuConfig {
             disk_detect_zeroes: None,
             disk_compression: Flag(false),
             skip_compaction: None,
-            qemu_img_args: None,
+            qemu_img_args: QemuImgArgs::default(),
             output_directory: None,
             vm_name: None,
             accelerator: Accelerator::Auto,
@@ -318,7 +369,7 @@ impl Default for QemuConfig {
             firmware: None,
             tpm_device_type: None,
             vtpm: None,
-            cdrom_interface: None,
+            cdrom_interface: CdromInterface::Ide,
             qemuargs: Vec::new(),
             qemu_extra_args: Vec::new(),
             kernel: None,
@@ -364,14 +415,12 @@ pub const INERT: &[&str] = &[
     "iso_target_extension",
     "iso_skip_cache",
     "disk_additional_size",
-    "qemu_img_args",
     "net_bridge",
     "efi_drop_efivars",
     "firmware",
     "tpm_device_type",
     "vtpm",
     "boot_keygroup_interval",
-    "cdrom_interface",
     "boot_steps",
     "http_network_protocol",
     "skip_nat_mapping",
@@ -821,6 +870,8 @@ mod docs {
             "DiskCache" => names(super::DiskCache::NAMES),
             "DiskDiscard" => names(super::DiskDiscard::NAMES),
             "DetectZeroes" => names(super::DetectZeroes::NAMES),
+            "CdromInterface" => names(super::CdromInterface::NAMES),
+            "QemuImgArgs" => "block: `convert`, `create`, `resize` (lists of strings)".into(),
             "CommunicatorKind" => names(kiln_ssh::options::CommunicatorKind::NAMES),
             "KeyType" => names(kiln_ssh::options::KeyType::NAMES),
             "Transfer" => names(kiln_ssh::Transfer::NAMES),

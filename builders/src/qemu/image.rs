@@ -161,21 +161,15 @@ pub fn create_overlay(
     base_format: &str,
     overlay: &Path,
     size: Option<u64>,
+    extra: &[String],
 ) -> Result<()> {
     let b = base.to_string_lossy();
     let o = overlay.to_string_lossy();
     let size_s = size.map(|s| s.to_string());
-    let mut args = vec![
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        &b,
-        "-F",
-        base_format,
-        &o,
-    ];
+    let mut args = vec!["create", "-q", "-f", "qcow2", "-b", &b, "-F", base_format];
+    // qemu_img_args.create go after the format, as Packer puts them.
+    args.extend(extra.iter().map(String::as_str));
+    args.push(&o);
     if let Some(s) = &size_s {
         args.push(s);
     }
@@ -183,9 +177,13 @@ pub fn create_overlay(
 }
 
 /// A blank qcow2 disk for an installer.
-pub fn create_blank(path: &Path, size: u64) -> Result<()> {
+pub fn create_blank(path: &Path, size: u64, extra: &[String]) -> Result<()> {
     let p = path.to_string_lossy();
-    qemu_img(&["create", "-q", "-f", "qcow2", &p, &size.to_string()]).map(|_| ())
+    let size = size.to_string();
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    args.extend(extra.iter().map(String::as_str));
+    args.extend([p.as_ref(), size.as_str()]);
+    qemu_img(&args).map(|_| ())
 }
 
 /// `qemu-img convert -p`, reporting progress (percent) as it goes.
@@ -194,11 +192,13 @@ pub fn convert(
     dst: &Path,
     format: &str,
     compress: bool,
+    extra: &[String],
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     use std::io::Read as _;
     let mut cmd = Command::new("qemu-img");
-    cmd.args(["convert", "-p", "-O", format]);
+    // qemu_img_args.convert go before -O, as Packer puts them.
+    cmd.arg("convert").args(extra).args(["-p", "-O", format]);
     if compress && format == "qcow2" {
         cmd.arg("-c");
     }

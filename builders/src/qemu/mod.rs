@@ -419,12 +419,22 @@ impl QemuBuilder {
                     em.warn(format!("disk_size ({sz} bytes) is smaller than the base image ({} bytes); keeping the base size", info.virtual_size));
                 }
             }
-            image::create_overlay(&base, &info.format, &overlay, size)?;
+            image::create_overlay(
+                &base,
+                &info.format,
+                &overlay,
+                size,
+                &config::QemuImgArgs::of(&s.cfg.qemu_img_args.create),
+            )?;
             size.unwrap_or(info.virtual_size)
         } else {
             // An installer: the ISO as a CD-ROM booted once, a blank disk to install onto.
             let size = s.disk_size.unwrap_or(40960 << 20);
-            image::create_blank(&overlay, size)?;
+            image::create_blank(
+                &overlay,
+                size,
+                &config::QemuImgArgs::of(&s.cfg.qemu_img_args.create),
+            )?;
             cdroms.push(base.display().to_string());
             size
         };
@@ -1002,6 +1012,7 @@ impl Machine for QemuMachine {
                 &target,
                 self.s.cfg.format.as_str(),
                 self.s.cfg.disk_compression.0,
+                &config::QemuImgArgs::of(&self.s.cfg.qemu_img_args.convert),
                 &mut |pct| {
                     em.emit(kiln_core::EventKind::Progress {
                         what: "export".into(),
