@@ -881,3 +881,56 @@ fn qemu_img_args_reach_qemu_img_and_cdroms_attach_over_virtio_scsi() {
     );
     assert!(ctx.qemu_pids().is_empty());
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[test]
+fn host_port_ranges_and_skip_nat_mapping_choose_where_kiln_connects() {
+    let ctx = Ctx::new("hostports");
+    // A one-port range: the forward is on exactly that port.
+    let p = free_port();
+    let t = ctx.write(
+        "range.pkr.hcl",
+        &hcl(
+            &ctx,
+            "range",
+            &format!("  host_port_min = {p}\n  host_port_max = {p}"),
+            "  provisioner \"shell\" {\n    inline = [\"true\"]\n  }",
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(
+        s.contains(&format!("waiting for SSH on 127.0.0.1:{p} ")),
+        "{s}"
+    );
+    // skip_nat_mapping: kiln forwards nothing and connects to ssh_port as given; the forward is
+    // the template's own (in qemuargs).
+    let q = free_port();
+    let t = ctx.write(
+        "skip.pkr.hcl",
+        &hcl(
+            &ctx,
+            "skip",
+            &format!(
+                "  skip_nat_mapping = true\n  ssh_port = {q}\n  qemuargs = [[\"-netdev\", \"user,id=user.0,hostfwd=tcp:127.0.0.1:{q}-:22\"]]"
+            ),
+            "  provisioner \"shell\" {\n    inline = [\"true\"]\n  }",
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(
+        s.contains(&format!("waiting for SSH on 127.0.0.1:{q} ")),
+        "{s}"
+    );
+    assert!(!s.contains("accepted but not acted on"), "{s}");
+    assert!(ctx.qemu_pids().is_empty());
+}

@@ -282,21 +282,24 @@ pub struct QemuConfig {
     /// Accepted; not acted on yet.
     #[serde(skip_serializing)]
     pub http_network_protocol: Option<Text>,
-    /// Accepted; not acted on yet (QEMU picks the forwarded port, kiln reads it over QMP).
+    /// Lowest host port forwarded to the guest's SSH port. Without host_port_min/max QEMU picks
+    /// a free port itself and kiln reads it over QMP (no race); with them, kiln picks a free
+    /// port in the range.
     #[serde(skip_serializing)]
     pub host_port_min: Option<Port>,
-    /// Accepted; not acted on yet.
+    /// Highest host port forwarded to the guest's SSH port.
     #[serde(skip_serializing)]
     pub host_port_max: Option<Port>,
-    /// Accepted; not acted on yet.
+    /// Deprecated name of host_port_min.
     #[serde(skip_serializing)]
     pub ssh_host_port_min: Option<Port>,
-    /// Accepted; not acted on yet.
+    /// Deprecated name of host_port_max.
     #[serde(skip_serializing)]
     pub ssh_host_port_max: Option<Port>,
-    /// Accepted; not acted on yet.
+    /// Forward no port: kiln connects to ssh_host:ssh_port as given (the guest is reachable
+    /// another way: a bridge, or a forward in qemuargs).
     #[serde(skip_serializing)]
-    pub skip_nat_mapping: Option<Flag>,
+    pub skip_nat_mapping: Flag,
     /// Run in the guest to power it off; without it, kiln sends an ACPI power-down.
     pub shutdown_command: Option<Text>,
     /// How long the guest may take to power off (default 5m); past it, no image is written.
@@ -394,7 +397,7 @@ impl Default for QemuConfig {
             host_port_max: None,
             ssh_host_port_min: None,
             ssh_host_port_max: None,
-            skip_nat_mapping: None,
+            skip_nat_mapping: Flag(false),
             shutdown_command: None,
             shutdown_timeout: Dur(Duration::from_secs(300)),
             cd_files: Vec::new(),
@@ -423,15 +426,10 @@ pub const INERT: &[&str] = &[
     "boot_keygroup_interval",
     "boot_steps",
     "http_network_protocol",
-    "skip_nat_mapping",
     "floppy_files",
     "floppy_dirs",
     "floppy_content",
     "floppy_label",
-    "host_port_min",
-    "host_port_max",
-    "ssh_host_port_min",
-    "ssh_host_port_max",
 ];
 
 /// Debian's OVMF, used when efi_boot is set without firmware paths.
@@ -458,6 +456,8 @@ pub struct Settings {
     pub base_urls: Vec<String>,
     /// qemu's `-smp` value (cpus and topology, resolved as Packer does).
     pub smp: String,
+    /// The host port range for the SSH forward (host_port_min/max), when one was asked for.
+    pub host_ports: Option<(u16, u16)>,
     /// The disk's size in bytes, unless skip_resize_disk.
     pub disk_size: Option<u64>,
     pub output_directory: PathBuf,
@@ -760,6 +760,12 @@ impl QemuConfig {
                 .filter(|_| !self.skip_resize_disk.0)
                 .map(|b| b.0),
             smp: smp(&self),
+            host_ports: {
+                let lo = self.host_port_min.or(self.ssh_host_port_min);
+                let hi = self.host_port_max.or(self.ssh_host_port_max);
+                (lo.is_some() || hi.is_some())
+                    .then(|| (lo.map_or(2222, |p| p.0), hi.map_or(4444, |p| p.0)))
+            },
             base_urls,
             display: if self.use_default_display.0 {
                 None

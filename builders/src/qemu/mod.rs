@@ -556,6 +556,19 @@ impl QemuBuilder {
             None => None,
         };
         let mut more: Vec<String> = Vec::new();
+        // The SSH forward: QEMU picks the port (read back over QMP), or kiln picks one in
+        // host_port_min..=host_port_max, or none with skip_nat_mapping.
+        let netdev = if s.cfg.skip_nat_mapping.0 || s.comm.ssh.is_none() {
+            "user,id=user.0".to_string()
+        } else {
+            let host_port = match s.host_ports {
+                None => 0,
+                Some((lo, hi)) => (lo..=hi.max(lo))
+                    .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+                    .ok_or_else(|| Error::failed(format!("no free port on 127.0.0.1 between {lo} and {hi} (host_port_min/host_port_max)")))?,
+            };
+            format!("user,id=user.0,hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}")
+        };
         if let (Some(_), Some(h)) = (&served.temp_key, &served.http) {
             // Where cloud-init's NoCloud datasource finds the seed.
             more.extend([
@@ -569,7 +582,7 @@ impl QemuBuilder {
             drive,
             cdroms: &disks.cdroms,
             boot: if s.cfg.disk_image.0 { "c" } else { "once=d" },
-            netdev: format!("user,id=user.0,hostfwd=tcp:127.0.0.1:0-:{guest_port}"),
+            netdev,
             vnc: vnc.as_ref().map(|(b, p, pw)| {
                 format!("{b}:{}{}", p - 5900, if *pw { ",password=on" } else { "" })
             }),
@@ -710,10 +723,15 @@ impl QemuBuilder {
             return Ok(None);
         };
         let guest_port = cfg.port;
-        let usernet = run.qmp.hmp("info usernet")?;
-        let port = qmp::parse_usernet_port(&usernet, guest_port).ok_or_else(|| {
-            Error::failed(format!("no host port forwards to guest port {guest_port}: if qemuargs replaces -netdev, include hostfwd=tcp:127.0.0.1:{{{{ .SSHHostPort }}}}-:{guest_port}"))
-        })?;
+        let port = if s.cfg.skip_nat_mapping.0 {
+            // No forward of kiln's: the guest is reached at ssh_host:ssh_port as given.
+            guest_port
+        } else {
+            let usernet = run.qmp.hmp("info usernet")?;
+            qmp::parse_usernet_port(&usernet, guest_port).ok_or_else(|| {
+                Error::failed(format!("no host port forwards to guest port {guest_port}: if qemuargs replaces -netdev, include hostfwd=tcp:127.0.0.1:{{{{ .SSHHostPort }}}}-:{guest_port}, or set skip_nat_mapping = true and ssh_port to the host port"))
+            })?
+        };
         vars.insert("SSHHostPort".to_string(), port.to_string());
         vars.insert("SSHHost".to_string(), cfg.host.clone());
         em.say(format!(
