@@ -590,13 +590,57 @@ fn iso_url_over_http_is_downloaded_once_verified_and_cached() {
         !text(&again).contains("downloading http://127.0.0.1:{port}/base.qcow2"),
         "served from the download cache"
     );
+    let gets = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("GET /base.qcow2")
+            .count()
+    };
+    assert_eq!(gets(), 1, "the base was downloaded once");
+    // iso_skip_cache: the same inputs (a cache hit, nothing boots), but the base is fetched
+    // again for the key and nothing new lands in the download cache.
+    let entries = |d: &std::path::Path| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+    let cached_before = entries(&ctx.dir.join("downloads"));
+    let skip = ctx.write(
+        "dl.pkr.hcl",
+        &hcl(
+            &ctx,
+            "dl",
+            &format!("{extra}\n  iso_skip_cache = true"),
+            r#"  provisioner "shell" { inline = ["echo downloaded > /root/d"] }"#,
+        ),
+    );
+    let out = run(&["build", skip.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("up to date"), "{}", text(&out));
+    assert_eq!(gets(), 2, "iso_skip_cache downloads again");
+    assert_eq!(
+        entries(&ctx.dir.join("downloads")),
+        cached_before,
+        "and keeps nothing"
+    );
+    // iso_target_path: the download is saved there (from the cache: no new request).
+    let saved = ctx.dir.join("saved/base.qcow2");
+    let target = ctx.write(
+        "dl.pkr.hcl",
+        &hcl(
+            &ctx,
+            "dl",
+            &format!("{extra}\n  iso_target_path = \"{}\"", saved.display()),
+            r#"  provisioner "shell" { inline = ["echo downloaded > /root/d"] }"#,
+        ),
+    );
+    let out = run(&["build", target.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(&saved).ok(),
+        std::fs::read(www.join("base.qcow2")).ok(),
+        "the base is saved at iso_target_path: {}",
+        text(&out)
+    );
+    assert_eq!(gets(), 2);
     let _ = server.kill();
     let _ = server.wait();
-    let gets = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .matches("GET /base.qcow2")
-        .count();
-    assert_eq!(gets, 1, "the base was downloaded once");
     // A wrong checksum is refused before anything boots.
     let bad = ctx.write(
         "bad.pkr.hcl",

@@ -57,6 +57,11 @@ choice! {
 }
 
 choice! {
+    /// `http_network_protocol`, as Packer names Go's networks.
+    pub enum HttpProtocol { Tcp = "tcp", Tcp4 = "tcp4", Tcp6 = "tcp6", Unix = "unix", UnixPacket = "unixpacket" }
+}
+
+choice! {
     /// How CD-ROMs attach to the guest.
     pub enum CdromInterface { Ide = "ide", Virtio = "virtio", Scsi = "scsi", VirtioScsi = "virtio-scsi" }
 }
@@ -121,15 +126,20 @@ pub struct QemuConfig {
     /// `sha256:…` (or md5/sha1/sha512), `file:URL` of a checksum file, or `none`. Required.
     #[serde(skip_serializing)]
     pub iso_checksum: Option<Text>,
-    /// Accepted; not acted on yet (kiln keeps downloads in its own checksum-keyed cache).
+    /// Where a downloaded base is saved (and found again: an existing file there is used
+    /// without downloading, verified like any base). Default: kiln's checksum-keyed cache.
     #[serde(skip_serializing)]
     pub iso_target_path: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// The downloaded file's extension (default: the URL's).
     #[serde(skip_serializing)]
     pub iso_target_extension: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// Download the base for this build only: nothing is kept in kiln's download cache.
     #[serde(skip_serializing)]
-    pub iso_skip_cache: Option<Flag>,
+    pub iso_skip_cache: Flag,
+    /// The HTTP server's network: `tcp` or `tcp4` (IPv4, what QEMU's user network reaches);
+    /// `tcp6`, `unix` and `unixpacket` are refused (the guest could not reach them).
+    #[serde(skip_serializing)]
+    pub http_network_protocol: Option<HttpProtocol>,
     /// The base is a bootable disk image (booted under an overlay), not an installer.
     pub disk_image: Flag,
     /// The output qcow2 refers to the base by path instead of holding all its data.
@@ -279,9 +289,6 @@ pub struct QemuConfig {
     /// Highest HTTP port (default 9000).
     #[serde(skip_serializing)]
     pub http_port_max: Port,
-    /// Accepted; not acted on yet.
-    #[serde(skip_serializing)]
-    pub http_network_protocol: Option<Text>,
     /// Lowest host port forwarded to the guest's SSH port. Without host_port_min/max QEMU picks
     /// a free port itself and kiln reads it over QMP (no race); with them, kiln picks a free
     /// port in the range.
@@ -334,7 +341,7 @@ impl Default for QemuConfig {
             iso_checksum: None,
             iso_target_path: None,
             iso_target_extension: None,
-            iso_skip_cache: None,
+            iso_skip_cache: Flag(false),
             disk_image: Flag(false),
             use_backing_file: Flag(false),
             disk_size: None,
@@ -414,9 +421,6 @@ impl Default for QemuConfig {
 
 /// Options accepted for compatibility that kiln does not act on yet (named in a warning).
 pub const INERT: &[&str] = &[
-    "iso_target_path",
-    "iso_target_extension",
-    "iso_skip_cache",
     "disk_additional_size",
     "net_bridge",
     "efi_drop_efivars",
@@ -425,7 +429,6 @@ pub const INERT: &[&str] = &[
     "vtpm",
     "boot_keygroup_interval",
     "boot_steps",
-    "http_network_protocol",
     "floppy_files",
     "floppy_dirs",
     "floppy_content",
@@ -562,6 +565,16 @@ impl QemuConfig {
                 "iso_urls",
                 "set iso_url or iso_urls, not both".into(),
                 Some("iso_urls lists every place the base may be fetched from, in order".into()),
+            ));
+        }
+        if let Some(p) = self
+            .http_network_protocol
+            .filter(|p| !matches!(p, HttpProtocol::Tcp | HttpProtocol::Tcp4))
+        {
+            d.push(at(
+                "http_network_protocol",
+                format!("http_network_protocol = \"{p}\": the guest reaches kiln's HTTP server through QEMU's user network at 10.0.2.2, which forwards IPv4 TCP only"),
+                Some("use \"tcp\" (the default) or \"tcp4\"".into()),
             ));
         }
         if self.disk_detect_zeroes == Some(DetectZeroes::Unmap)
@@ -876,6 +889,7 @@ mod docs {
             "DiskCache" => names(super::DiskCache::NAMES),
             "DiskDiscard" => names(super::DiskDiscard::NAMES),
             "DetectZeroes" => names(super::DetectZeroes::NAMES),
+            "HttpProtocol" => names(super::HttpProtocol::NAMES),
             "CdromInterface" => names(super::CdromInterface::NAMES),
             "QemuImgArgs" => "block: `convert`, `create`, `resize` (lists of strings)".into(),
             "CommunicatorKind" => names(kiln_ssh::options::CommunicatorKind::NAMES),

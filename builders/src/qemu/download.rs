@@ -24,19 +24,50 @@ fn cache_dir() -> PathBuf {
         })
 }
 
+/// Where a download goes and what it is called (iso_skip_cache, iso_target_extension).
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// Download here instead of the shared cache (a directory the caller removes).
+    pub dir: Option<PathBuf>,
+    /// The file's extension instead of the URL's (`iso_target_extension`).
+    pub extension: Option<String>,
+}
+
 /// The cached file for `url`, downloading it if needed. `checksum` is iso_checksum as written;
 /// the caller verifies it (and the cache is keyed by it, so a new checksum downloads again).
 pub fn fetch(url: &str, checksum: &str, em: Option<&Emitter>, cancel: &Cancel) -> Result<PathBuf> {
+    fetch_to(url, checksum, &Placement::default(), em, cancel)
+}
+
+/// `fetch`, placed as asked.
+pub fn fetch_to(
+    url: &str,
+    checksum: &str,
+    place: &Placement,
+    em: Option<&Emitter>,
+    cancel: &Cancel,
+) -> Result<PathBuf> {
     let key: String = sha2::Sha256::digest(format!("{url}\n{checksum}").as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let name = url
+    let mut name = url
         .rsplit('/')
         .next()
-        .filter(|n| !n.is_empty())
-        .unwrap_or("download");
-    let dir = cache_dir().join(&key[..32]);
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .unwrap_or("download")
+        .to_string();
+    if let Some(ext) = &place.extension {
+        let stem = std::path::Path::new(&name)
+            .file_stem()
+            .map_or_else(|| name.clone(), |s| s.to_string_lossy().into_owned());
+        name = format!("{stem}.{}", ext.trim_start_matches('.'));
+    }
+    let name = name.as_str();
+    let dir = match &place.dir {
+        Some(d) => d.clone(),
+        None => cache_dir().join(&key[..32]),
+    };
     let target = dir.join(name);
     if target.is_file() {
         return Ok(target);

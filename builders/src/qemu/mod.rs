@@ -40,6 +40,8 @@ pub struct QemuBuilder {
     base_sha256: std::sync::OnceLock<String>,
     /// `qemu --version`, read once in preflight for the manifest.
     qemu_version: std::sync::OnceLock<String>,
+    /// With iso_skip_cache: where this build's download lives (removed with the builder).
+    private_downloads: std::sync::OnceLock<std::result::Result<WorkDir, String>>,
 }
 
 /// For fuzz/: parses one boot_command string (and lists its unknown `<keys>`).
@@ -100,6 +102,7 @@ pub fn from_component(
             s: Arc::new(s),
             base_sha256: std::sync::OnceLock::new(),
             qemu_version: std::sync::OnceLock::new(),
+            private_downloads: std::sync::OnceLock::new(),
         },
         warnings,
     ))
@@ -165,12 +168,62 @@ impl QemuBuilder {
 }
 
 impl QemuBuilder {
+    /// A remote base: at iso_target_path when it is there already; else downloaded (into the
+    /// cache, or for this build only with iso_skip_cache) and saved at iso_target_path.
+    fn download(&self, url: &str, em: Option<&Emitter>, cancel: &Cancel) -> Result<PathBuf> {
+        let cfg = &self.s.cfg;
+        let target = cfg.iso_target_path.as_ref().map(|t| PathBuf::from(&t.0));
+        if let Some(t) = target.as_ref().filter(|t| t.is_file()) {
+            return Ok(t.clone());
+        }
+        let place = download::Placement {
+            dir: if cfg.iso_skip_cache.0 {
+                let dir = self.private_downloads.get_or_init(|| {
+                    WorkDir::create(
+                        &work_base(),
+                        &format!("download-{}", sanitize(&self.s.build)),
+                    )
+                    .map_err(|e| e.to_string())
+                });
+                Some(
+                    dir.as_ref()
+                        .map_err(|e| Error::failed(e.clone()))?
+                        .path()
+                        .to_path_buf(),
+                )
+            } else {
+                None
+            },
+            extension: cfg.iso_target_extension.as_ref().map(|t| t.0.clone()),
+        };
+        let got = download::fetch_to(url, &self.s.checksum, &place, em, cancel)?;
+        let Some(t) = target else {
+            return Ok(got);
+        };
+        if let Some(parent) = t.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+        }
+        let tmp = t.with_extension(format!("kiln-part-{}", std::process::id()));
+        let _cleanup = kiln_core::workdir::RemoveOnDrop::new(tmp.clone());
+        kiln_core::workdir::copy_file(&got, &tmp)?;
+        std::fs::rename(&tmp, &t)
+            .map_err(|e| Error::io(format!("cannot write {} (iso_target_path)", t.display()), e))?;
+        if let Some(em) = em {
+            em.say(format!(
+                "saved the base at {} (iso_target_path)",
+                t.display()
+            ));
+        }
+        Ok(t)
+    }
+
     /// The base image on disk: a local path, or the download cache's copy of a remote URL.
     /// With iso_urls, each candidate in order until one works; the error lists every failure.
     fn base_path(&self, em: Option<&Emitter>, cancel: &Cancel) -> Result<PathBuf> {
         let one = |url: &str| {
             if download::is_remote(url) {
-                download::fetch(url, &self.s.checksum, em, cancel)
+                self.download(url, em, cancel)
             } else {
                 let p = image::resolve_url(url)?;
                 if p.is_file() {
@@ -183,7 +236,7 @@ impl QemuBuilder {
         if self.s.base_urls.len() <= 1 {
             // One base: preflight has named a missing local file already.
             return if download::is_remote(&self.s.base_url) {
-                download::fetch(&self.s.base_url, &self.s.checksum, em, cancel)
+                self.download(&self.s.base_url, em, cancel)
             } else {
                 image::resolve_url(&self.s.base_url)
             };
