@@ -861,7 +861,7 @@ build {{
     let o = ctx.kiln(&["validate", &bad.to_string_lossy()]);
     assert!(!o.status.success());
     assert!(
-        text(&o).contains("needs ssh_password or ssh_private_key_file"),
+        text(&o).contains("needs ssh_password, ssh_private_key_file or ssh_agent_auth"),
         "{}",
         text(&o)
     );
@@ -974,6 +974,63 @@ fn host_port_ranges_and_skip_nat_mapping_choose_where_kiln_connects() {
     assert!(
         s.contains(&format!("waiting for SSH on 127.0.0.1:{q} ")),
         "{s}"
+    );
+    assert!(!s.contains("accepted but not acted on"), "{s}");
+    assert!(ctx.qemu_pids().is_empty());
+}
+
+#[test]
+fn ssh_agent_auth_and_chosen_algorithms_reach_the_guest() {
+    let ctx = Ctx::new("agent");
+    let b = ctx.base.display();
+    let sock = ctx.dir.join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent (openssh-client)");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < end, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg(format!("{b}/id_ed25519"))
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("ssh-add");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "agent",
+            "  ssh_agent_auth = true\n  ssh_ciphers = [\"aes256-ctr\"]\n  ssh_key_exchange_algorithms = [\"curve25519-sha256\"]",
+            "  provisioner \"shell\" {\n    inline = [\"echo via-agent\"]\n  }",
+        )
+        .replace(&format!("  ssh_private_key_file = \"{b}/id_ed25519\"\n"), ""),
+    );
+    assert!(!std::fs::read_to_string(&t)
+        .unwrap_or_default()
+        .contains("ssh_private_key_file"));
+    let out = ctx
+        .cmd(&["build", t.to_str().unwrap_or_default()])
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("kiln");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("via-agent"), "{s}");
+    assert!(
+        !s.contains("temporary"),
+        "no temporary key with the agent: {s}"
     );
     assert!(!s.contains("accepted but not acted on"), "{s}");
     assert!(ctx.qemu_pids().is_empty());

@@ -34,9 +34,9 @@ pub fn make(c: &Component, _: &BuildContext<'_>) -> Made<dyn Builder> {
                 .with_hint("set ssh_host = \"192.0.2.10\" (and ssh_port if it is not 22)"),
             );
         }
-        if ssh.password.is_none() && ssh.private_key_file.is_none() {
+        if ssh.password.is_none() && ssh.private_key_file.is_none() && !ssh.agent_auth {
             d.push(
-                Diagnostic::error("the null builder needs ssh_password or ssh_private_key_file: kiln cannot give an existing machine a temporary key", Some(c.span.clone())),
+                Diagnostic::error("the null builder needs ssh_password, ssh_private_key_file or ssh_agent_auth: kiln cannot give an existing machine a temporary key", Some(c.span.clone())),
             );
         }
         if d.has_errors() {

@@ -410,7 +410,7 @@ impl Builder for QemuBuilder {
             accel: run.accel,
             base_sha256: disks.base_sha256,
             virtual_size: disks.virtual_size,
-            temp_key_comment: served.temp_key.as_ref().map(|_| temp_key_comment(&s.build)),
+            temp_key_comment: served.temp_key.as_ref().map(|_| temp_key_comment(s)),
             qemu_version: self.qemu_version.get().cloned().unwrap_or_default(),
             work,
         }))
@@ -528,7 +528,7 @@ impl QemuBuilder {
             .collect();
         let temp_key = match &s.comm.temp_key {
             Some((kind, bits)) => {
-                let k = make_temp_key(wd, kind.as_str(), *bits, &s.build)?;
+                let k = make_temp_key(wd, kind.as_str(), *bits, &temp_key_comment(s))?;
                 let user = s.comm.ssh.as_ref().map_or("root", |c| c.user.as_str());
                 em.say(format!("no ssh_password or ssh_private_key_file: using a temporary {kind} key pair, offered to the guest in a cloud-init seed (http://10.0.2.2:PORT/user-data)"));
                 for v in http_content.values_mut() {
@@ -834,8 +834,12 @@ impl QemuBuilder {
     }
 }
 
-fn temp_key_comment(build: &str) -> String {
-    format!("kiln-temporary-{}", sanitize(build))
+/// The temporary key's comment: temporary_key_pair_name, or `kiln-temporary-BUILD`.
+fn temp_key_comment(s: &Settings) -> String {
+    s.comm
+        .temp_key_name
+        .clone()
+        .unwrap_or_else(|| format!("kiln-temporary-{}", sanitize(&s.build)))
 }
 
 /// Makes a key pair with ssh-keygen in the work dir; (private key path, public key line).
@@ -843,21 +847,12 @@ fn make_temp_key(
     dir: &Path,
     kind: &str,
     bits: Option<u64>,
-    build: &str,
+    comment: &str,
 ) -> Result<(PathBuf, String)> {
     let path = dir.join("temporary_key");
     let mut cmd = Command::new("ssh-keygen");
-    cmd.args([
-        "-q",
-        "-t",
-        kind,
-        "-N",
-        "",
-        "-C",
-        &temp_key_comment(build),
-        "-f",
-    ])
-    .arg(&path);
+    cmd.args(["-q", "-t", kind, "-N", "", "-C", comment, "-f"])
+        .arg(&path);
     if let Some(b) = bits {
         cmd.args(["-b", &b.to_string()]);
     }

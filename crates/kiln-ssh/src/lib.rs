@@ -39,6 +39,24 @@ pub struct SshConfig {
     /// `SHA256:…` or a public key line `ssh-ed25519 AAAA…`. Without it, the key seen at the first
     /// connection is pinned for the rest of the build.
     pub host_key: Option<String>,
+    /// Ciphers to offer, in order (`ssh_ciphers`); empty = libssh2's defaults.
+    pub ciphers: Vec<String>,
+    /// Key exchange algorithms to offer (`ssh_key_exchange_algorithms`); empty = defaults.
+    pub kex: Vec<String>,
+    /// Authenticate with the keys of the SSH agent at `$SSH_AUTH_SOCK` (`ssh_agent_auth`).
+    pub agent_auth: bool,
+}
+
+/// The algorithms this libssh2 supports for ciphers and key exchange (for validate).
+pub fn supported_algorithms() -> (Vec<&'static str>, Vec<&'static str>) {
+    match ssh2::Session::new() {
+        Ok(s) => (
+            s.supported_algs(ssh2::MethodType::CryptCs)
+                .unwrap_or_default(),
+            s.supported_algs(ssh2::MethodType::Kex).unwrap_or_default(),
+        ),
+        Err(_) => (Vec::new(), Vec::new()),
+    }
 }
 
 /// The OpenSSH fingerprint (`SHA256:` + unpadded base64) of `ssh_host_key` as written: a
@@ -313,6 +331,17 @@ impl SshComm {
         let mut sess = ssh2::Session::new().map_err(|e| Waiting::Handshake(e.to_string()))?;
         sess.set_tcp_stream(tcp);
         sess.set_timeout(30_000);
+        let prefs = [
+            (ssh2::MethodType::CryptCs, &self.cfg.ciphers),
+            (ssh2::MethodType::CryptSc, &self.cfg.ciphers),
+            (ssh2::MethodType::Kex, &self.cfg.kex),
+        ];
+        for (kind, list) in prefs {
+            if !list.is_empty() {
+                sess.method_pref(kind, &list.join(","))
+                    .map_err(|e| Waiting::Handshake(e.message().to_string()))?;
+            }
+        }
         if let Err(e) = sess.handshake() {
             return Err(Waiting::Handshake(e.message().to_string()));
         }
@@ -332,7 +361,21 @@ impl SshComm {
         sess.set_timeout(10_000);
         let user = &self.cfg.user;
         let mut reasons = Vec::new();
-        if let Some(key) = &self.cfg.private_key_file {
+        if self.cfg.agent_auth {
+            if let Err(e) = sess.userauth_agent(user) {
+                reasons.push(format!(
+                    "SSH agent (ssh_agent_auth, SSH_AUTH_SOCK={}) for user {user}: {}",
+                    std::env::var("SSH_AUTH_SOCK").unwrap_or_else(|_| "unset".into()),
+                    e.message()
+                ));
+            }
+        }
+        if let Some(key) = self
+            .cfg
+            .private_key_file
+            .as_ref()
+            .filter(|_| !sess.authenticated())
+        {
             match sess.userauth_pubkey_file(user, None, key, None) {
                 Ok(()) => {}
                 Err(e) => reasons.push(format!(
@@ -653,5 +696,15 @@ mod timeouts {
         assert_eq!(millis(Some(Duration::ZERO)), 1);
         // Past u32 (49 days) it used to wrap to a short timeout.
         assert_eq!(millis(Some(Duration::from_secs(100 * 86_400))), u32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod algorithms {
+    #[test]
+    fn libssh2_lists_what_it_supports() {
+        let (c, k) = super::supported_algorithms();
+        assert!(c.contains(&"aes128-ctr"), "{c:?}");
+        assert!(!k.is_empty());
     }
 }

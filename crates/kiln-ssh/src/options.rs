@@ -85,16 +85,17 @@ pub struct SshOptions {
     /// kiln extension: the host key the guest must present (`SHA256:…` or a public key line).
     #[serde(skip_serializing)]
     pub ssh_host_key: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// Authenticate with the keys of the running SSH agent (`$SSH_AUTH_SOCK`); no temporary
+    /// key is made.
     #[serde(skip_serializing)]
     pub ssh_agent_auth: Option<Flag>,
     /// Accepted; not acted on yet.
     #[serde(skip_serializing)]
     pub ssh_disable_agent_forwarding: Option<Flag>,
-    /// Accepted; not acted on yet.
+    /// Ciphers to offer, in order (checked against what libssh2 supports at validate).
     #[serde(skip_serializing)]
     pub ssh_ciphers: Option<Vec<Text>>,
-    /// Accepted; not acted on yet.
+    /// Key exchange algorithms to offer, in order.
     #[serde(skip_serializing)]
     pub ssh_key_exchange_algorithms: Option<Vec<Text>>,
     /// Accepted; not acted on yet.
@@ -136,7 +137,8 @@ pub struct SshOptions {
     /// The temporary key pair's size in bits (rsa, ecdsa).
     #[serde(skip_serializing)]
     pub temporary_key_pair_bits: Option<Num>,
-    /// Accepted; not acted on yet.
+    /// The temporary key's comment, by which ssh_clear_authorized_keys finds it (default
+    /// `kiln-temporary-BUILD`).
     #[serde(skip_serializing)]
     pub temporary_key_pair_name: Option<Text>,
     /// Wait this long after connecting before the first provisioner.
@@ -170,10 +172,7 @@ pub struct SshOptions {
 
 /// Options accepted for compatibility that kiln does not act on yet (named in a warning).
 pub const INERT: &[&str] = &[
-    "ssh_agent_auth",
     "ssh_disable_agent_forwarding",
-    "ssh_ciphers",
-    "ssh_key_exchange_algorithms",
     "ssh_certificate_file",
     "ssh_bastion_host",
     "ssh_bastion_port",
@@ -185,7 +184,6 @@ pub const INERT: &[&str] = &[
     "ssh_remote_tunnels",
     "ssh_local_tunnels",
     "ssh_keypair_name",
-    "temporary_key_pair_name",
     "ssh_read_write_timeout",
 ];
 
@@ -199,6 +197,8 @@ pub struct Resolved {
     pub temp_key: Option<(KeyType, Option<u64>)>,
     pub clear_authorized_keys: bool,
     pub pause_before: Option<Duration>,
+    /// temporary_key_pair_name, if given.
+    pub temp_key_name: Option<String>,
 }
 
 impl SshOptions {
@@ -238,8 +238,49 @@ impl SshOptions {
                 .ssh_keep_alive_interval
                 .map_or(Duration::from_secs(5), |d| d.0),
             host_key: t(&self.ssh_host_key),
+            ciphers: self
+                .ssh_ciphers
+                .iter()
+                .flatten()
+                .map(|c| c.0.clone())
+                .collect(),
+            kex: self
+                .ssh_key_exchange_algorithms
+                .iter()
+                .flatten()
+                .map(|c| c.0.clone())
+                .collect(),
+            agent_auth: self.ssh_agent_auth.is_some_and(|f| f.0),
         });
         if let Some(cfg) = &ssh {
+            if !cfg.ciphers.is_empty() || !cfg.kex.is_empty() {
+                let (ciphers, kex) = crate::supported_algorithms();
+                for (key, want, have) in [
+                    ("ssh_ciphers", &cfg.ciphers, &ciphers),
+                    ("ssh_key_exchange_algorithms", &cfg.kex, &kex),
+                ] {
+                    for w in want.iter().filter(|w| !have.contains(&w.as_str())) {
+                        d.push(
+                            Diagnostic::error(
+                                format!("{key}: {w:?} is not an algorithm kiln's SSH (libssh2) supports"),
+                                Some(c.span_of(key).clone()),
+                            )
+                            .with_hint(format!("supported: {}", have.join(", "))),
+                        );
+                    }
+                }
+            }
+            if let Some(n) = &self.temporary_key_pair_name {
+                let plain = !n.is_empty()
+                    && n.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "._@-".contains(ch));
+                if !plain {
+                    d.push(Diagnostic::error(
+                        format!("temporary_key_pair_name {:?} must be letters, digits and . _ @ - (it marks the key in authorized_keys)", n.0),
+                        Some(c.span_of("temporary_key_pair_name").clone()),
+                    ));
+                }
+            }
             if self.ssh_username.is_none() {
                 d.push(
                     Diagnostic::error(
@@ -273,7 +314,7 @@ impl SshOptions {
             kind,
             temp_key: ssh
                 .as_ref()
-                .filter(|c| c.password.is_none() && c.private_key_file.is_none())
+                .filter(|c| c.password.is_none() && c.private_key_file.is_none() && !c.agent_auth)
                 .map(|_| {
                     (
                         self.temporary_key_pair_type.unwrap_or(KeyType::Ed25519),
@@ -282,6 +323,7 @@ impl SshOptions {
                 }),
             ssh,
             clear_authorized_keys: self.ssh_clear_authorized_keys.is_some_and(|f| f.0),
+            temp_key_name: t(&self.temporary_key_pair_name),
             pause_before: self.pause_before_ssh.map(|d| d.0),
         })
     }
@@ -344,6 +386,62 @@ mod tests {
     }
 
     #[test]
+    fn ciphers_and_key_exchange_are_checked_against_libssh2_and_agent_auth_needs_no_temp_key() {
+        let span = Span::file_only(Path::new("t.pkr.hcl"));
+        let mk = |pairs: Vec<(&str, serde_json::Value)>| Component {
+            kind: "null".into(),
+            name: None,
+            span: span.clone(),
+            attrs: pairs
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Attr {
+                            value: v,
+                            span: span.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let run = |c: &Component| {
+            let o: SshOptions = decode(c, &[]).map_err(|d| d.to_string())?;
+            o.resolve(c).map_err(|d| d.to_string())
+        };
+        let ok = mk(vec![
+            ("ssh_username", "u".into()),
+            (
+                "ssh_ciphers",
+                serde_json::json!(["aes256-ctr", "aes128-ctr"]),
+            ),
+            (
+                "ssh_key_exchange_algorithms",
+                serde_json::json!(["curve25519-sha256"]),
+            ),
+            ("ssh_agent_auth", true.into()),
+        ]);
+        let r = run(&ok).expect("resolves");
+        let ssh = r.ssh.expect("ssh");
+        assert_eq!(ssh.ciphers, ["aes256-ctr", "aes128-ctr"]);
+        assert!(ssh.agent_auth);
+        assert!(
+            r.temp_key.is_none(),
+            "the agent's keys, not a temporary one"
+        );
+        let bad = mk(vec![
+            ("ssh_username", "u".into()),
+            ("ssh_ciphers", serde_json::json!(["rot13"])),
+        ]);
+        let e = run(&bad).expect_err("unknown cipher");
+        assert!(
+            e.contains("ssh_ciphers: \"rot13\" is not an algorithm"),
+            "{e}"
+        );
+        assert!(e.contains("supported: ") && e.contains("aes128-ctr"), "{e}");
+    }
+
+    #[test]
     fn what_the_communicator_cannot_use_is_an_error_that_says_why() {
         let e = resolve(&[]).expect_err("no user");
         assert!(e.contains("ssh_username is required"), "{e}");
@@ -366,6 +464,12 @@ mod tests {
         let e = resolve(&[("ssh_username", "u"), ("ssh_host_key", "SHA256:short")])
             .expect_err("bad fingerprint");
         assert!(e.contains("is not a SHA256 fingerprint"), "{e}");
+        let e = resolve(&[
+            ("ssh_username", "u"),
+            ("temporary_key_pair_name", "x' ; rm -rf ~"),
+        ])
+        .expect_err("a name that would reach a shell");
+        assert!(e.contains("must be letters, digits"), "{e}");
         let e = resolve(&[("ssh_username", "u"), ("ssh_port", "0")]).expect_err("port 0");
         assert!(
             e.contains("0 is out of range: it must be 1 to 65535"),
