@@ -1035,3 +1035,28 @@ fn ssh_agent_auth_and_chosen_algorithms_reach_the_guest() {
     assert!(!s.contains("accepted but not acted on"), "{s}");
     assert!(ctx.qemu_pids().is_empty());
 }
+
+#[test]
+fn ssh_read_write_timeout_ends_a_command_that_hangs() {
+    let ctx = Ctx::new("rwtimeout");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "rw",
+            "  ssh_read_write_timeout = \"2s\"",
+            "  provisioner \"shell\" {\n    inline = [\"sleep 60\"]\n  }",
+        ),
+    );
+    let started = Instant::now();
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(s.contains("timed out after 2s"), "{s}");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "the 60 s sleep was cut short"
+    );
+    assert!(!s.contains("accepted but not acted on"), "{s}");
+    assert!(ctx.qemu_pids().is_empty());
+}

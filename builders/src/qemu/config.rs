@@ -271,8 +271,9 @@ pub struct QemuConfig {
     /// Accepted; not acted on yet.
     #[serde(skip_serializing)]
     pub boot_keygroup_interval: Option<Dur>,
-    /// Accepted; not acted on yet.
-    pub boot_steps: Option<serde_json::Value>,
+    /// `[command, description]` pairs typed in order, each description said as it is typed
+    /// (for installers with many screens); not together with boot_command.
+    pub boot_steps: Option<Vec<Vec<Text>>>,
     /// A directory served over HTTP to the guest (at `http://{{ .HTTPIP }}:{{ .HTTPPort }}`);
     /// by content in the key.
     #[serde(serialize_with = "key::path_or_tree")]
@@ -428,7 +429,6 @@ pub const INERT: &[&str] = &[
     "tpm_device_type",
     "vtpm",
     "boot_keygroup_interval",
-    "boot_steps",
     "floppy_files",
     "floppy_dirs",
     "floppy_content",
@@ -459,6 +459,8 @@ pub struct Settings {
     pub base_urls: Vec<String>,
     /// qemu's `-smp` value (cpus and topology, resolved as Packer does).
     pub smp: String,
+    /// What is typed at boot: boot_command's strings, or boot_steps with their descriptions.
+    pub boot: Vec<(String, Option<String>)>,
     /// The host port range for the SSH forward (host_port_min/max), when one was asked for.
     pub host_ports: Option<(u16, u16)>,
     /// The disk's size in bytes, unless skip_resize_disk.
@@ -586,17 +588,47 @@ impl QemuConfig {
                 None,
             ));
         }
-        for (i, cmd) in self.boot_command.iter().enumerate() {
-            for (k, hint) in super::bootcmd::unknown_keys(cmd) {
-                let h = hint.map_or_else(|| "kiln knows Packer's key names (<enter>, <tab>, <f1>, <wait5>, <leftCtrlOn>, ...)".to_string(), |h| format!("did you mean {h}?"));
+        if !self.boot_command.is_empty() && self.boot_steps.is_some() {
+            d.push(at(
+                "boot_steps",
+                "boot_steps and boot_command are mutually exclusive".into(),
+                Some("put every command in boot_steps as [\"command\", \"what it does\"]".into()),
+            ));
+        }
+        for (i, step) in self.boot_steps.iter().flatten().enumerate() {
+            if step.is_empty() || step.len() > 2 {
                 d.push(at(
-                    "boot_command",
-                    format!("boot_command[{i}]: unknown key {k}"),
-                    Some(h),
+                    "boot_steps",
+                    format!("boot_steps[{i}] must be [\"command\"] or [\"command\", \"description\"], not {} elements", step.len()),
+                    None,
                 ));
             }
+        }
+        let typed: Vec<(&str, &Text)> = self
+            .boot_command
+            .iter()
+            .map(|c| ("boot_command", c))
+            .chain(
+                self.boot_steps
+                    .iter()
+                    .flatten()
+                    .filter_map(|st| st.first())
+                    .map(|c| ("boot_steps", c)),
+            )
+            .collect();
+        for (i, (attr, cmd)) in typed.into_iter().enumerate() {
+            let attr: &str = attr;
+            let i = if attr == "boot_steps" {
+                i - self.boot_command.len()
+            } else {
+                i
+            };
+            for (k, hint) in super::bootcmd::unknown_keys(cmd) {
+                let h = hint.map_or_else(|| "kiln knows Packer's key names (<enter>, <tab>, <f1>, <wait5>, <leftCtrlOn>, ...)".to_string(), |h| format!("did you mean {h}?"));
+                d.push(at(attr, format!("{attr}[{i}]: unknown key {k}"), Some(h)));
+            }
             if let Err(e) = super::bootcmd::parse(cmd) {
-                d.push(at("boot_command", format!("boot_command[{i}]: {e}"), None));
+                d.push(at(attr, format!("{attr}[{i}]: {e}"), None));
             }
         }
         for (i, a) in self.qemuargs.iter().enumerate() {
@@ -773,6 +805,20 @@ impl QemuConfig {
                 .filter(|_| !self.skip_resize_disk.0)
                 .map(|b| b.0),
             smp: smp(&self),
+            boot: match &self.boot_steps {
+                Some(steps) => steps
+                    .iter()
+                    .filter_map(|st| {
+                        st.first()
+                            .map(|c| (c.0.clone(), st.get(1).map(|d| d.0.clone())))
+                    })
+                    .collect(),
+                None => self
+                    .boot_command
+                    .iter()
+                    .map(|c| (c.0.clone(), None))
+                    .collect(),
+            },
             host_ports: {
                 let lo = self.host_port_min.or(self.ssh_host_port_min);
                 let hi = self.host_port_max.or(self.ssh_host_port_max);
@@ -1229,6 +1275,53 @@ mod acting {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn boot_steps_are_typed_in_order_with_their_descriptions() {
+        let span = kiln_template::Span::file_only(std::path::Path::new("t.pkr.hcl"));
+        let c = Component {
+            kind: "qemu".into(),
+            name: Some("x".into()),
+            span,
+            attrs: Default::default(),
+        };
+        let none = || SshOptions {
+            communicator: Some(kiln_ssh::options::CommunicatorKind::None),
+            ..SshOptions::default()
+        };
+        let steps = |v: &[&[&str]]| {
+            Some(
+                v.iter()
+                    .map(|st| st.iter().map(|x| Text((*x).into())).collect())
+                    .collect(),
+            )
+        };
+        let q = cfg(|q| q.boot_steps = steps(&[&["1<enter>", "Install"], &["b<enter>"]]));
+        let (s, _) = q.resolve("x", none(), None, &c).expect("resolves");
+        assert_eq!(
+            s.boot,
+            [
+                ("1<enter>".to_string(), Some("Install".to_string())),
+                ("b<enter>".to_string(), None)
+            ]
+        );
+        let both = cfg(|q| {
+            q.boot_steps = steps(&[&["a"]]);
+            q.boot_command = vec![Text("b".into())];
+        });
+        let e = both
+            .resolve("x", none(), None, &c)
+            .expect_err("both")
+            .to_string();
+        assert!(e.contains("mutually exclusive"), "{e}");
+        let bad = cfg(|q| q.boot_steps = steps(&[&["a", "b", "c"], &["<entr>"]]));
+        let e = bad
+            .resolve("x", none(), None, &c)
+            .expect_err("bad")
+            .to_string();
+        assert!(e.contains("boot_steps[0] must be"), "{e}");
+        assert!(e.contains("boot_steps[1]: unknown key <entr>"), "{e}");
     }
 
     #[test]

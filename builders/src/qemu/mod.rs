@@ -722,7 +722,7 @@ impl QemuBuilder {
         vars: &BTreeMap<String, String>,
     ) -> Result<()> {
         let s = &self.s;
-        if s.cfg.boot_command.is_empty() {
+        if s.boot.is_empty() {
             return Ok(());
         }
         let wait = s
@@ -738,11 +738,7 @@ impl QemuBuilder {
         let pid = run.pid;
         type_boot_command(
             &mut run.qmp,
-            &s.cfg
-                .boot_command
-                .iter()
-                .map(|t| t.0.clone())
-                .collect::<Vec<_>>(),
+            &s.boot,
             vars,
             s.cfg.boot_key_interval.0,
             em,
@@ -873,7 +869,7 @@ fn make_temp_key(
 /// Types boot_command over QMP, filling run-time placeholders first.
 fn type_boot_command(
     qmp: &mut qmp::Qmp,
-    commands: &[String],
+    commands: &[(String, Option<String>)],
     vars: &BTreeMap<String, String>,
     interval: Duration,
     em: &Emitter,
@@ -881,7 +877,10 @@ fn type_boot_command(
     alive: &mut dyn FnMut() -> bool,
 ) -> Result<()> {
     let mut held: Vec<String> = Vec::new();
-    for (n, raw) in commands.iter().enumerate() {
+    for (n, (raw, what)) in commands.iter().enumerate() {
+        if let Some(w) = what {
+            em.say(format!("boot step {}/{}: {w}", n + 1, commands.len()));
+        }
         let text = kiln_core::placeholders::fill(raw, vars);
         em.debug(format!("boot_command[{n}]: {text}"));
         let actions =

@@ -45,6 +45,9 @@ pub struct SshConfig {
     pub kex: Vec<String>,
     /// Authenticate with the keys of the SSH agent at `$SSH_AUTH_SOCK` (`ssh_agent_auth`).
     pub agent_auth: bool,
+    /// How long one remote operation may take when the step sets no timeout
+    /// (`ssh_read_write_timeout`); `None` = no limit.
+    pub read_write_timeout: Option<Duration>,
 }
 
 /// The algorithms this libssh2 supports for ciphers and key exchange (for validate).
@@ -180,10 +183,10 @@ impl SshComm {
         };
         let mut c = SshComm {
             pinned,
+            op_timeout: cfg.read_write_timeout,
             cfg,
             sess: None,
             sftp: None,
-            op_timeout: None,
             cancel,
             em,
             alive,
@@ -653,7 +656,8 @@ impl Communicator for SshComm {
     }
 
     fn set_timeout(&mut self, t: Option<Duration>) {
-        self.op_timeout = t;
+        // A step's own timeout wins; otherwise ssh_read_write_timeout, if set.
+        self.op_timeout = t.or(self.cfg.read_write_timeout);
     }
 
     fn reset(&mut self) {

@@ -76,7 +76,8 @@ pub struct SshOptions {
     /// Interval of SSH keep-alive messages (default 5s).
     #[serde(skip_serializing)]
     pub ssh_keep_alive_interval: Option<Dur>,
-    /// Accepted; not acted on yet.
+    /// How long one remote command or transfer may take when its step sets no `timeout`
+    /// (default: no limit).
     #[serde(skip_serializing)]
     pub ssh_read_write_timeout: Option<Dur>,
     /// Remove the temporary key from `~/.ssh/authorized_keys` before shutdown.
@@ -89,7 +90,8 @@ pub struct SshOptions {
     /// key is made.
     #[serde(skip_serializing)]
     pub ssh_agent_auth: Option<Flag>,
-    /// Accepted; not acted on yet.
+    /// kiln never forwards the SSH agent into the guest, so `true` is what it always does
+    /// (Packer forwards by default).
     #[serde(skip_serializing)]
     pub ssh_disable_agent_forwarding: Option<Flag>,
     /// Ciphers to offer, in order (checked against what libssh2 supports at validate).
@@ -172,7 +174,6 @@ pub struct SshOptions {
 
 /// Options accepted for compatibility that kiln does not act on yet (named in a warning).
 pub const INERT: &[&str] = &[
-    "ssh_disable_agent_forwarding",
     "ssh_certificate_file",
     "ssh_bastion_host",
     "ssh_bastion_port",
@@ -184,7 +185,6 @@ pub const INERT: &[&str] = &[
     "ssh_remote_tunnels",
     "ssh_local_tunnels",
     "ssh_keypair_name",
-    "ssh_read_write_timeout",
 ];
 
 /// What the communicator options resolve to.
@@ -251,6 +251,10 @@ impl SshOptions {
                 .map(|c| c.0.clone())
                 .collect(),
             agent_auth: self.ssh_agent_auth.is_some_and(|f| f.0),
+            read_write_timeout: self
+                .ssh_read_write_timeout
+                .map(|d| d.0)
+                .filter(|d| !d.is_zero()),
         });
         if let Some(cfg) = &ssh {
             if !cfg.ciphers.is_empty() || !cfg.kex.is_empty() {
