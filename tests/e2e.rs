@@ -1060,3 +1060,75 @@ fn ssh_read_write_timeout_ends_a_command_that_hangs() {
     assert!(!s.contains("accepted but not acted on"), "{s}");
     assert!(ctx.qemu_pids().is_empty());
 }
+
+#[test]
+fn floppy_files_dirs_and_content_are_read_by_the_guest() {
+    let ctx = Ctx::new("floppy");
+    ctx.write("fl/answer.txt", "from-floppy-files\n");
+    ctx.write("tree/sub/deep.txt", "from-floppy-dirs\n");
+    // The tiny guest loads only virtio and ext4 at boot: the test hands it the floppy and FAT
+    // modules of the same kernel (the base is built from the newest /boot/vmlinuz-*).
+    let kver = std::fs::read_dir("/boot")
+        .expect("/boot")
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("vmlinuz-")
+                .map(str::to_string)
+        })
+        .max_by(|a, b| {
+            let key = |s: &str| {
+                s.split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|n| n.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            };
+            key(a).cmp(&key(b))
+        })
+        .expect("a kernel in /boot");
+    let m = format!("/lib/modules/{kver}/kernel");
+    let mods = [
+        "drivers/block/floppy.ko",
+        "fs/fat/fat.ko",
+        "fs/fat/vfat.ko",
+        "fs/nls/nls_cp437.ko",
+        "fs/nls/nls_ascii.ko",
+        "fs/nls/nls_utf8.ko",
+    ];
+    let uploads: String = mods
+        .iter()
+        .map(|p| format!("  provisioner \"file\" {{\n    source = \"{m}/{p}\"\n    destination = \"/tmp/\"\n  }}\n"))
+        .collect();
+    let insmods: String = mods
+        .iter()
+        .map(|p| {
+            format!(
+                "\"insmod /tmp/{} || true\", ",
+                p.rsplit('/').next().unwrap_or(p)
+            )
+        })
+        .collect();
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "floppy",
+            "  floppy_files = [\"fl/answer.txt\"]\n  floppy_dirs = [\"tree\"]\n  floppy_content = { \"conf/c.txt\" = \"from-floppy-content\" }\n  floppy_label = \"KILNFLOP\"",
+            &format!(
+                "{uploads}  provisioner \"shell\" {{\n    inline = [{insmods}\"i=0; while [ ! -b /dev/fd0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\", \"mkdir -p /mnt/fd\", \"mount -t vfat -o ro /dev/fd0 /mnt/fd\", \"cat /mnt/fd/answer.txt /mnt/fd/tree/sub/deep.txt /mnt/fd/conf/c.txt\", \"umount /mnt/fd\"]\n  }}"
+            ),
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    for want in [
+        "from-floppy-files",
+        "from-floppy-dirs",
+        "from-floppy-content",
+    ] {
+        assert!(s.contains(want), "{want}: {s}");
+    }
+    assert!(!s.contains("accepted but not acted on"), "{s}");
+    assert!(ctx.qemu_pids().is_empty());
+}

@@ -14,6 +14,8 @@ pub struct ArgvInput<'a> {
     pub drive: String,
     /// CD-ROMs (installer ISO, cd_files seed), in order.
     pub cdroms: &'a [String],
+    /// The floppy image (floppy_files/dirs/content), if any.
+    pub floppy: Option<&'a str>,
     /// `-boot` value: `c` for a disk image, `once=d` to start an installer CD once.
     pub boot: &'a str,
     pub netdev: String,
@@ -53,6 +55,9 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
         push(&["-drive", &format!("if=pflash,format=raw,file={vars}")]);
     }
     push(&["-drive", &i.drive]);
+    if let Some(f) = i.floppy {
+        push(&["-drive", &format!("file={f},if=floppy,index=0,format=raw")]);
+    }
     use super::config::CdromInterface as Cd;
     let cd = cfg.cdrom_interface;
     if matches!(cd, Cd::Scsi | Cd::VirtioScsi) && !i.cdroms.is_empty() {
@@ -184,6 +189,7 @@ mod tests {
             accel: "tcg",
             drive: "file=o.qcow2,if=virtio".into(),
             cdroms: &[],
+            floppy: None,
             boot: "c",
             netdev: "user,id=user.0,hostfwd=tcp:127.0.0.1:0-:22".into(),
             vnc: None,

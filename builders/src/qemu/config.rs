@@ -320,13 +320,16 @@ pub struct QemuConfig {
     pub cd_content: BTreeMap<String, Text>,
     /// The CD's volume label (default `cidata`).
     pub cd_label: Option<Text>,
-    /// Accepted; not acted on yet.
-    pub floppy_files: Option<Vec<Text>>,
-    /// Accepted; not acted on yet.
-    pub floppy_dirs: Option<Vec<Text>>,
-    /// Accepted; not acted on yet.
-    pub floppy_content: Option<BTreeMap<String, Text>>,
-    /// Accepted; not acted on yet.
+    /// Files put in the root of a 1.44 MB FAT floppy (mtools, no mounting); a directory adds
+    /// the files in it. By content in the key.
+    #[serde(serialize_with = "key::files")]
+    pub floppy_files: Vec<Text>,
+    /// Directories copied onto the floppy with their structure.
+    #[serde(serialize_with = "key::files")]
+    pub floppy_dirs: Vec<Text>,
+    /// Files put on the floppy from memory: path → content.
+    pub floppy_content: BTreeMap<String, Text>,
+    /// The floppy's volume label (default `packer`; at most 11 characters).
     pub floppy_label: Option<Text>,
     /// Wait this long after connecting before the first provisioner.
     #[serde(skip_serializing)]
@@ -411,9 +414,9 @@ impl Default for QemuConfig {
             cd_files: Vec::new(),
             cd_content: BTreeMap::new(),
             cd_label: None,
-            floppy_files: None,
-            floppy_dirs: None,
-            floppy_content: None,
+            floppy_files: Vec::new(),
+            floppy_dirs: Vec::new(),
+            floppy_content: BTreeMap::new(),
             floppy_label: None,
             pause_before_connecting: None,
         }
@@ -429,10 +432,6 @@ pub const INERT: &[&str] = &[
     "tpm_device_type",
     "vtpm",
     "boot_keygroup_interval",
-    "floppy_files",
-    "floppy_dirs",
-    "floppy_content",
-    "floppy_label",
 ];
 
 /// Debian's OVMF, used when efi_boot is set without firmware paths.
@@ -648,6 +647,48 @@ impl QemuConfig {
             if let Some(v) = v {
                 if v.is_empty() || v == "." || v == ".." || v.contains('/') || v.contains('\0') {
                     d.push(at(attr, format!("{attr} = {v:?} must be a plain name (no `/`, not `.` or `..`): {hint}"), None));
+                }
+            }
+        }
+        if let Some(l) = &self.floppy_label {
+            if l.is_empty()
+                || l.len() > 11
+                || !l
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "_-".contains(ch))
+            {
+                d.push(at(
+                    "floppy_label",
+                    format!("floppy_label {:?} must be 1 to 11 letters, digits, _ or - (a FAT volume label)", l.0),
+                    None,
+                ));
+            }
+        }
+        for (attr, list) in [
+            ("floppy_files", &self.floppy_files),
+            ("floppy_dirs", &self.floppy_dirs),
+        ] {
+            for f in list {
+                let p = std::path::Path::new(&f.0);
+                let ok = if attr == "floppy_dirs" {
+                    p.is_dir()
+                } else {
+                    p.exists()
+                };
+                if !ok {
+                    d.push(at(
+                        attr,
+                        format!(
+                            "{attr}: {} does not exist{}",
+                            f.0,
+                            if attr == "floppy_dirs" {
+                                " or is not a directory"
+                            } else {
+                                ""
+                            }
+                        ),
+                        Some("paths are relative to the directory kiln runs in".into()),
+                    ));
                 }
             }
         }

@@ -322,6 +322,24 @@ impl Builder for QemuBuilder {
                 "cd_files/cd_content need xorriso: apt-get install xorriso",
             ));
         }
+        let c = &s.cfg;
+        let wants_floppy =
+            !c.floppy_files.is_empty() || !c.floppy_dirs.is_empty() || !c.floppy_content.is_empty();
+        if wants_floppy {
+            for tool in ["mkfs.fat", "mcopy"] {
+                let found = Command::new(tool)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok();
+                if !found {
+                    return Err(Error::failed(format!(
+                        "floppy_files/floppy_dirs/floppy_content need {tool}: apt-get install mtools dosfstools"
+                    )));
+                }
+            }
+        }
         let _ = force; // the engine decides about output_directory (a cache hit may reuse it)
         let local_missing = s.base_urls.iter().all(|u| {
             !download::is_remote(u) && image::resolve_url(u).map_or(true, |p| !p.is_file())
@@ -422,6 +440,7 @@ impl Builder for QemuBuilder {
 struct Disks {
     overlay: PathBuf,
     cdroms: Vec<String>,
+    floppy: Option<String>,
     virtual_size: u64,
     base_sha256: String,
 }
@@ -510,9 +529,33 @@ impl QemuBuilder {
             )?;
             cdroms.push(iso.display().to_string());
         }
+        let c = &s.cfg;
+        let floppy =
+            if c.floppy_files.is_empty() && c.floppy_dirs.is_empty() && c.floppy_content.is_empty()
+            {
+                None
+            } else {
+                let img = wd.join("floppy.img");
+                let paths = |v: &[kiln_core::config::Text]| {
+                    v.iter().map(|t| PathBuf::from(&t.0)).collect::<Vec<_>>()
+                };
+                media::make_floppy(
+                    &wd.join("floppy"),
+                    &img,
+                    c.floppy_label.as_deref().unwrap_or("packer"),
+                    &paths(&c.floppy_files),
+                    &paths(&c.floppy_dirs),
+                    &c.floppy_content
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.0.clone()))
+                        .collect(),
+                )?;
+                Some(img.display().to_string())
+            };
         Ok(Disks {
             overlay,
             cdroms,
+            floppy,
             virtual_size,
             base_sha256,
         })
@@ -634,6 +677,7 @@ impl QemuBuilder {
             accel: &accel,
             drive,
             cdroms: &disks.cdroms,
+            floppy: disks.floppy.as_deref(),
             boot: if s.cfg.disk_image.0 { "c" } else { "once=d" },
             netdev,
             vnc: vnc.as_ref().map(|(b, p, pw)| {
