@@ -1061,14 +1061,9 @@ fn ssh_read_write_timeout_ends_a_command_that_hangs() {
     assert!(ctx.qemu_pids().is_empty());
 }
 
-#[test]
-fn floppy_files_dirs_and_content_are_read_by_the_guest() {
-    let ctx = Ctx::new("floppy");
-    ctx.write("fl/answer.txt", "from-floppy-files\n");
-    ctx.write("tree/sub/deep.txt", "from-floppy-dirs\n");
-    // The tiny guest loads only virtio and ext4 at boot: the test hands it the floppy and FAT
-    // modules of the same kernel (the base is built from the newest /boot/vmlinuz-*).
-    let kver = std::fs::read_dir("/boot")
+/// The kernel the tiny base is built from: the newest /boot/vmlinuz-* (as mkbase-tiny.sh picks).
+fn newest_kver() -> String {
+    std::fs::read_dir("/boot")
         .expect("/boot")
         .flatten()
         .filter_map(|e| {
@@ -1085,7 +1080,17 @@ fn floppy_files_dirs_and_content_are_read_by_the_guest() {
             };
             key(a).cmp(&key(b))
         })
-        .expect("a kernel in /boot");
+        .expect("a kernel in /boot")
+}
+
+#[test]
+fn floppy_files_dirs_and_content_are_read_by_the_guest() {
+    let ctx = Ctx::new("floppy");
+    ctx.write("fl/answer.txt", "from-floppy-files\n");
+    ctx.write("tree/sub/deep.txt", "from-floppy-dirs\n");
+    // The tiny guest loads only virtio and ext4 at boot: the test hands it the floppy and FAT
+    // modules of the same kernel (the base is built from the newest /boot/vmlinuz-*).
+    let kver = newest_kver();
     let m = format!("/lib/modules/{kver}/kernel");
     let mods = [
         "drivers/block/floppy.ko",
@@ -1130,5 +1135,35 @@ fn floppy_files_dirs_and_content_are_read_by_the_guest() {
         assert!(s.contains(want), "{want}: {s}");
     }
     assert!(!s.contains("accepted but not acted on"), "{s}");
+    assert!(ctx.qemu_pids().is_empty());
+}
+
+#[test]
+fn efi_boot_boots_the_guest_through_ovmf_and_leaves_the_vars_template_alone() {
+    let ctx = Ctx::new("efi");
+    let template = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+    let before = std::fs::read(template).expect("ovmf (scripts/setup.sh installs it)");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "efi",
+            // OVMF boots an EFI-stub kernel (the bzImage), not the base's ELF vmlinux.
+            &format!(
+                "  efi_boot = true\n  machine_type = \"q35\"\n  ssh_timeout = \"4m\"\n  kernel = \"/boot/vmlinuz-{}\"",
+                newest_kver()
+            ),
+            "  provisioner \"shell\" {\n    inline = [\"test -d /sys/firmware/efi && echo booted-through-uefi\"]\n  }",
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("booted-through-uefi"), "{s}");
+    assert_eq!(
+        std::fs::read(template).ok().as_deref(),
+        Some(before.as_slice()),
+        "the system's OVMF_VARS template was not written"
+    );
     assert!(ctx.qemu_pids().is_empty());
 }

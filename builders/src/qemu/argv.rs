@@ -16,6 +16,8 @@ pub struct ArgvInput<'a> {
     pub cdroms: &'a [String],
     /// The floppy image (floppy_files/dirs/content), if any.
     pub floppy: Option<&'a str>,
+    /// The build's copy of the UEFI variables (with efi_boot).
+    pub efi_vars: Option<&'a str>,
     /// `-boot` value: `c` for a disk image, `once=d` to start an installer CD once.
     pub boot: &'a str,
     pub netdev: String,
@@ -47,12 +49,25 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
     }
     push(&["-smp", &i.s.smp]);
     push(&["-m", &format!("{}M", cfg.memory)]);
-    if let Some((code, vars)) = &i.s.efi {
+    if let Some((code, _)) = &i.s.efi {
         push(&[
             "-drive",
             &format!("if=pflash,format=raw,readonly=on,file={code}"),
         ]);
-        push(&["-drive", &format!("if=pflash,format=raw,file={vars}")]);
+        // The build's own copy of the variables template (the template is never written).
+        if let Some(vars) = i.efi_vars {
+            push(&["-drive", &format!("if=pflash,format=raw,file={vars}")]);
+        }
+    }
+    if let Some(f) = cfg.firmware.as_deref() {
+        if cfg.use_pflash.0 {
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,readonly=on,file={f}"),
+            ]);
+        } else {
+            push(&["-bios", f]);
+        }
     }
     push(&["-drive", &i.drive]);
     if let Some(f) = i.floppy {
@@ -190,6 +205,7 @@ mod tests {
             drive: "file=o.qcow2,if=virtio".into(),
             cdroms: &[],
             floppy: None,
+            efi_vars: None,
             boot: "c",
             netdev: "user,id=user.0,hostfwd=tcp:127.0.0.1:0-:22".into(),
             vnc: None,
@@ -216,6 +232,18 @@ mod tests {
         let j = build(&input(&s, &vars)).join(" ");
         assert!(!j.contains("-display"), "{j}");
         assert!(j.contains("-vga std"), "{j}");
+        // firmware: -bios, or a read-only pflash with use_pflash.
+        let mut fw = settings(&[]);
+        fw.cfg.firmware = Some(kiln_core::config::Text("/fw/bios.bin".into()));
+        let j = build(&input(&fw, &vars)).join(" ");
+        assert!(j.contains("-bios /fw/bios.bin"), "{j}");
+        fw.cfg.use_pflash = kiln_core::config::Flag(true);
+        let j = build(&input(&fw, &vars)).join(" ");
+        assert!(
+            j.contains("-drive if=pflash,format=raw,readonly=on,file=/fw/bios.bin"),
+            "{j}"
+        );
+        assert!(!j.contains("-bios"), "{j}");
         // CD-ROMs: IDE by default; a virtio-scsi controller and scsi-cd devices on request.
         let cds = ["/w/a.iso".to_string(), "/w/b.iso".to_string()];
         let plain = settings(&[]);

@@ -214,18 +214,25 @@ pub struct QemuConfig {
     pub use_default_display: Flag,
     /// The emulated VGA card (`-vga`); unset, qemu's default for the machine.
     pub vga: Option<Text>,
-    /// Boot through UEFI firmware (OVMF).
+    /// Boot through UEFI firmware (OVMF). Implied by efi_firmware_code or efi_firmware_vars.
     pub efi_boot: Flag,
     /// The UEFI code image (default Debian's OVMF_CODE_4M.fd).
     #[serde(serialize_with = "key::file")]
     pub efi_firmware_code: Option<Text>,
-    /// The UEFI variables template (default Debian's OVMF_VARS_4M.fd).
+    /// The UEFI variables template (default Debian's OVMF_VARS_4M.fd). Each build boots a copy
+    /// of it, so the template is never written.
     #[serde(serialize_with = "key::file")]
     pub efi_firmware_vars: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// kiln stores only the disk, so the build's EFI variables are always dropped: `true` is
+    /// what kiln does (Packer exports them as efivars.fd unless this is set).
+    #[serde(skip_serializing)]
     pub efi_drop_efivars: Option<Flag>,
-    /// Accepted; not acted on yet.
+    /// A firmware file for qemu (`-bios`, or a read-only pflash with use_pflash); for UEFI use
+    /// efi_boot and efi_firmware_*. By content in the key.
+    #[serde(serialize_with = "key::file")]
     pub firmware: Option<Text>,
+    /// Attach `firmware` as a read-only pflash drive instead of `-bios`.
+    pub use_pflash: Flag,
     /// Accepted; not acted on yet.
     pub tpm_device_type: Option<Text>,
     /// Accepted; not acted on yet.
@@ -381,6 +388,7 @@ impl Default for QemuConfig {
             efi_firmware_vars: None,
             efi_drop_efivars: None,
             firmware: None,
+            use_pflash: Flag(false),
             tpm_device_type: None,
             vtpm: None,
             cdrom_interface: CdromInterface::Ide,
@@ -427,8 +435,6 @@ impl Default for QemuConfig {
 pub const INERT: &[&str] = &[
     "disk_additional_size",
     "net_bridge",
-    "efi_drop_efivars",
-    "firmware",
     "tpm_device_type",
     "vtpm",
     "boot_keygroup_interval",
@@ -650,6 +656,30 @@ impl QemuConfig {
                 }
             }
         }
+        if self.firmware.is_some() && (self.efi_boot.0 || self.efi_firmware_code.is_some()) {
+            d.push(at(
+                "firmware",
+                "firmware and efi_boot/efi_firmware_code both choose the firmware: set one".into(),
+                Some("for UEFI use efi_boot (and efi_firmware_code/efi_firmware_vars)".into()),
+            ));
+        }
+        for attr in ["firmware", "efi_firmware_code", "efi_firmware_vars"] {
+            let v = match attr {
+                "firmware" => &self.firmware,
+                "efi_firmware_code" => &self.efi_firmware_code,
+                _ => &self.efi_firmware_vars,
+            };
+            if let Some(f) = v.as_ref().filter(|f| !std::path::Path::new(&f.0).is_file()) {
+                d.push(at(
+                    attr,
+                    format!("{attr} {} does not exist", f.0),
+                    Some(
+                        "Debian's UEFI firmware is in the ovmf package: apt-get install ovmf"
+                            .into(),
+                    ),
+                ));
+            }
+        }
         if let Some(l) = &self.floppy_label {
             if l.is_empty()
                 || l.len() > 11
@@ -808,11 +838,31 @@ impl QemuConfig {
         let Some(comm) = comm.filter(|_| !d.has_errors()) else {
             return Err(d);
         };
+        if self.efi_firmware_code.is_some() || self.efi_firmware_vars.is_some() {
+            self.efi_boot = Flag(true);
+        }
         if self.efi_boot.0 {
-            self.efi_firmware_code
-                .get_or_insert_with(|| Text(OVMF_CODE.into()));
-            self.efi_firmware_vars
-                .get_or_insert_with(|| Text(OVMF_VARS.into()));
+            let mut missing = Diagnostics::default();
+            for (attr, slot, default) in [
+                ("efi_firmware_code", &mut self.efi_firmware_code, OVMF_CODE),
+                ("efi_firmware_vars", &mut self.efi_firmware_vars, OVMF_VARS),
+            ] {
+                if slot.is_none() {
+                    if !std::path::Path::new(default).is_file() {
+                        missing.push(
+                            Diagnostic::error(
+                                format!("efi_boot needs UEFI firmware, and {default} ({attr}'s default) does not exist"),
+                                Some(c.span_of("efi_boot").clone()),
+                            )
+                            .with_hint("apt-get install ovmf, or set efi_firmware_code and efi_firmware_vars"),
+                        );
+                    }
+                    *slot = Some(Text(default.into()));
+                }
+            }
+            if missing.has_errors() {
+                return Err(missing);
+            }
         }
         if self.shutdown_command.as_ref().is_some_and(|s| s.is_empty()) {
             self.shutdown_command = None;

@@ -441,6 +441,8 @@ struct Disks {
     overlay: PathBuf,
     cdroms: Vec<String>,
     floppy: Option<String>,
+    /// The build's copy of the UEFI variables template.
+    efi_vars: Option<String>,
     virtual_size: u64,
     base_sha256: String,
 }
@@ -552,10 +554,26 @@ impl QemuBuilder {
                 )?;
                 Some(img.display().to_string())
             };
+        let efi_vars = match &s.efi {
+            Some((_, template)) => {
+                let copy = wd.join("efivars.fd");
+                std::fs::copy(template, &copy).map_err(|e| {
+                    Error::io(format!("cannot copy the UEFI variables {template}"), e)
+                })?;
+                std::fs::set_permissions(
+                    &copy,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                )
+                .map_err(|e| Error::io("cannot make the UEFI variables writable", e))?;
+                Some(copy.display().to_string())
+            }
+            None => None,
+        };
         Ok(Disks {
             overlay,
             cdroms,
             floppy,
+            efi_vars,
             virtual_size,
             base_sha256,
         })
@@ -678,6 +696,7 @@ impl QemuBuilder {
             drive,
             cdroms: &disks.cdroms,
             floppy: disks.floppy.as_deref(),
+            efi_vars: disks.efi_vars.as_deref(),
             boot: if s.cfg.disk_image.0 { "c" } else { "once=d" },
             netdev,
             vnc: vnc.as_ref().map(|(b, p, pw)| {
