@@ -1167,3 +1167,35 @@ fn efi_boot_boots_the_guest_through_ovmf_and_leaves_the_vars_template_alone() {
     );
     assert!(ctx.qemu_pids().is_empty());
 }
+
+#[test]
+fn vtpm_gives_the_guest_a_tpm_and_swtpm_ends_with_the_build() {
+    let ctx = Ctx::new("vtpm");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "tpm",
+            // The bzImage: the base's ELF vmlinux boots through PVH, where this guest sees no
+            // ACPI tables, and the TPM is found through ACPI.
+            &format!("  vtpm = true\n  kernel = \"/boot/vmlinuz-{}\"", newest_kver()),
+            "  provisioner \"shell\" {\n    inline = [\"test -c /dev/tpm0 && echo guest-has-tpm0\", \"cat /sys/class/tpm/tpm0/tpm_version_major\"]\n  }",
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("guest-has-tpm0"), "{s}");
+    assert!(s.contains("started swtpm"), "{s}");
+    let needle = ctx.dir.to_string_lossy().into_owned();
+    let swtpms: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("swtpm") && c.contains(&needle))
+        .collect();
+    assert!(swtpms.is_empty(), "swtpm left running: {swtpms:?}");
+    assert!(ctx.qemu_pids().is_empty());
+}

@@ -18,6 +18,8 @@ pub struct ArgvInput<'a> {
     pub floppy: Option<&'a str>,
     /// The build's copy of the UEFI variables (with efi_boot).
     pub efi_vars: Option<&'a str>,
+    /// swtpm's control socket (with vtpm).
+    pub tpm_socket: Option<&'a str>,
     /// `-boot` value: `c` for a disk image, `once=d` to start an installer CD once.
     pub boot: &'a str,
     pub netdev: String,
@@ -70,6 +72,14 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
         }
     }
     push(&["-drive", &i.drive]);
+    if let Some(sock) = i.tpm_socket {
+        let dev = cfg
+            .tpm_device_type
+            .map_or("tpm-tis", super::config::TpmDevice::as_str);
+        push(&["-chardev", &format!("socket,id=kiln-tpm-chr,path={sock}")]);
+        push(&["-tpmdev", "emulator,id=kiln-tpm,chardev=kiln-tpm-chr"]);
+        push(&["-device", &format!("{dev},tpmdev=kiln-tpm")]);
+    }
     if let Some(f) = i.floppy {
         push(&["-drive", &format!("file={f},if=floppy,index=0,format=raw")]);
     }
@@ -206,6 +216,7 @@ mod tests {
             cdroms: &[],
             floppy: None,
             efi_vars: None,
+            tpm_socket: None,
             boot: "c",
             netdev: "user,id=user.0,hostfwd=tcp:127.0.0.1:0-:22".into(),
             vnc: None,
@@ -232,6 +243,18 @@ mod tests {
         let j = build(&input(&s, &vars)).join(" ");
         assert!(!j.contains("-display"), "{j}");
         assert!(j.contains("-vga std"), "{j}");
+        // vtpm: swtpm's socket as an emulator tpmdev behind tpm-tis (or tpm_device_type).
+        let mut tpm = settings(&[]);
+        let mut inp = input(&tpm, &vars);
+        inp.tpm_socket = Some("/w/swtpm.sock");
+        let j = build(&inp).join(" ");
+        assert!(j.contains("-chardev socket,id=kiln-tpm-chr,path=/w/swtpm.sock -tpmdev emulator,id=kiln-tpm,chardev=kiln-tpm-chr -device tpm-tis,tpmdev=kiln-tpm"), "{j}");
+        tpm.cfg.tpm_device_type = Some(super::super::config::TpmDevice::TpmCrb);
+        let mut inp = input(&tpm, &vars);
+        inp.tpm_socket = Some("/w/swtpm.sock");
+        assert!(build(&inp)
+            .join(" ")
+            .contains("-device tpm-crb,tpmdev=kiln-tpm"));
         // firmware: -bios, or a read-only pflash with use_pflash.
         let mut fw = settings(&[]);
         fw.cfg.firmware = Some(kiln_core::config::Text("/fw/bios.bin".into()));

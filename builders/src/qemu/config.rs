@@ -57,6 +57,11 @@ choice! {
 }
 
 choice! {
+    /// The TPM device qemu shows the guest.
+    pub enum TpmDevice { TpmTis = "tpm-tis", TpmCrb = "tpm-crb", TpmTisDevice = "tpm-tis-device", TpmSpapr = "tpm-spapr" }
+}
+
+choice! {
     /// `http_network_protocol`, as Packer names Go's networks.
     pub enum HttpProtocol { Tcp = "tcp", Tcp4 = "tcp4", Tcp6 = "tcp6", Unix = "unix", UnixPacket = "unixpacket" }
 }
@@ -233,10 +238,12 @@ pub struct QemuConfig {
     pub firmware: Option<Text>,
     /// Attach `firmware` as a read-only pflash drive instead of `-bios`.
     pub use_pflash: Flag,
-    /// Accepted; not acted on yet.
-    pub tpm_device_type: Option<Text>,
-    /// Accepted; not acted on yet.
-    pub vtpm: Option<Flag>,
+    /// The TPM's qemu device (default `tpm-tis`; `tpm-crb`, `tpm-tis-device` on ARM, …).
+    pub tpm_device_type: Option<TpmDevice>,
+    /// An emulated TPM (swtpm, started and stopped by kiln like qemu itself).
+    pub vtpm: Flag,
+    /// TPM 1.2 instead of 2.0.
+    pub use_tpm1: Flag,
     /// How CD-ROMs attach: `ide` (kiln's default: BIOS boots an installer from it), `virtio`,
     /// `scsi` or `virtio-scsi` (a virtio-scsi controller with scsi-cd devices).
     pub cdrom_interface: CdromInterface,
@@ -390,7 +397,8 @@ impl Default for QemuConfig {
             firmware: None,
             use_pflash: Flag(false),
             tpm_device_type: None,
-            vtpm: None,
+            vtpm: Flag(false),
+            use_tpm1: Flag(false),
             cdrom_interface: CdromInterface::Ide,
             qemuargs: Vec::new(),
             qemu_extra_args: Vec::new(),
@@ -435,8 +443,6 @@ impl Default for QemuConfig {
 pub const INERT: &[&str] = &[
     "disk_additional_size",
     "net_bridge",
-    "tpm_device_type",
-    "vtpm",
     "boot_keygroup_interval",
 ];
 
@@ -679,6 +685,13 @@ impl QemuConfig {
                     ),
                 ));
             }
+        }
+        if self.tpm_device_type.is_some() && !self.vtpm.0 {
+            d.push(at(
+                "tpm_device_type",
+                "tpm_device_type without vtpm = true: there is no TPM to attach".into(),
+                None,
+            ));
         }
         if let Some(l) = &self.floppy_label {
             if l.is_empty()
@@ -1027,6 +1040,7 @@ mod docs {
             "DiskDiscard" => names(super::DiskDiscard::NAMES),
             "DetectZeroes" => names(super::DetectZeroes::NAMES),
             "HttpProtocol" => names(super::HttpProtocol::NAMES),
+            "TpmDevice" => names(super::TpmDevice::NAMES),
             "CdromInterface" => names(super::CdromInterface::NAMES),
             "QemuImgArgs" => "block: `convert`, `create`, `resize` (lists of strings)".into(),
             "CommunicatorKind" => names(kiln_ssh::options::CommunicatorKind::NAMES),

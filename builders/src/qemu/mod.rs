@@ -340,6 +340,16 @@ impl Builder for QemuBuilder {
                 }
             }
         }
+        if c.vtpm.0
+            && Command::new("swtpm")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_err()
+        {
+            return Err(Error::failed("vtpm needs swtpm: apt-get install swtpm"));
+        }
         let _ = force; // the engine decides about output_directory (a cache hit may reuse it)
         let local_missing = s.base_urls.iter().all(|u| {
             !download::is_remote(u) && image::resolve_url(u).map_or(true, |p| !p.is_file())
@@ -420,6 +430,7 @@ impl Builder for QemuBuilder {
             qmp: Some(run.qmp),
             _hook: run.hook,
             qemu: Some(run.qemu),
+            _swtpm: run.swtpm,
             _http: served.http,
             vars,
             s: self.s.clone(),
@@ -459,6 +470,8 @@ struct Running {
     qmp: qmp::Qmp,
     hook: HookGuard,
     qemu: Guarded,
+    /// The emulated TPM (vtpm): stopped after qemu.
+    swtpm: Option<Guarded>,
     pid: u32,
     started: Instant,
     accel: String,
@@ -669,6 +682,44 @@ impl QemuBuilder {
             }
             None => None,
         };
+        // vtpm: swtpm serves the TPM on a socket in the work dir; it is a guarded child, so it
+        // dies with kiln like qemu.
+        let tpm_sock = wd.join("swtpm.sock");
+        let swtpm = if s.cfg.vtpm.0 {
+            let state = wd.join("tpm");
+            std::fs::create_dir_all(&state)
+                .map_err(|e| Error::io("cannot create the TPM state dir", e))?;
+            let mut cmd = Command::new("swtpm");
+            cmd.arg("socket")
+                .arg("--tpmstate")
+                .arg(format!("dir={}", state.display()))
+                .arg("--ctrl")
+                .arg(format!("type=unixio,path={}", tpm_sock.display()))
+                .arg("--log")
+                .arg(format!("file={}", wd.join("swtpm.log").display()))
+                .arg("--terminate")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if !s.cfg.use_tpm1.0 {
+                cmd.arg("--tpm2");
+            }
+            let mut g = Guarded::spawn(cmd, "swtpm")?;
+            let end = Instant::now() + Duration::from_secs(10);
+            while !tpm_sock.exists() {
+                if g.try_wait().is_some() || Instant::now() >= end {
+                    return Err(Error::failed(format!(
+                        "swtpm did not start: {}",
+                        tail(&wd.join("swtpm.log"), 5)
+                    )));
+                }
+                cancel.sleep(Duration::from_millis(20))?;
+            }
+            em.say("started swtpm (vtpm)");
+            Some(g)
+        } else {
+            None
+        };
         let mut more: Vec<String> = Vec::new();
         // The SSH forward: QEMU picks the port (read back over QMP), or kiln picks one in
         // host_port_min..=host_port_max, or none with skip_nat_mapping.
@@ -697,6 +748,9 @@ impl QemuBuilder {
             cdroms: &disks.cdroms,
             floppy: disks.floppy.as_deref(),
             efi_vars: disks.efi_vars.as_deref(),
+            tpm_socket: swtpm
+                .as_ref()
+                .map(|_| tpm_sock.to_str().unwrap_or_default()),
             boot: if s.cfg.disk_image.0 { "c" } else { "once=d" },
             netdev,
             vnc: vnc.as_ref().map(|(b, p, pw)| {
@@ -767,6 +821,7 @@ impl QemuBuilder {
             qmp,
             hook,
             qemu,
+            swtpm,
             pid,
             started,
             accel,
@@ -1006,6 +1061,7 @@ struct QemuMachine {
     qmp: Option<qmp::Qmp>,
     _hook: HookGuard,
     qemu: Option<Guarded>,
+    _swtpm: Option<Guarded>,
     _http: Option<http::HttpServer>,
     vars: BTreeMap<String, String>,
     s: Arc<Settings>,
