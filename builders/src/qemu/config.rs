@@ -440,10 +440,10 @@ impl Default for QemuConfig {
 }
 
 /// Options accepted for compatibility that kiln does not act on yet (named in a warning).
-pub const INERT: &[&str] = &[
-    "disk_additional_size",
-    "net_bridge",
-    "boot_keygroup_interval",
+pub const INERT: &[(&str, &str)] = &[
+    ("disk_additional_size", "a kiln image holds one disk; remove it, or grow the main disk with disk_size and partition it in a provisioner"),
+    ("net_bridge", "not built in yet: the guest is on QEMU's user network; for a bridge use qemuargs = [[\"-netdev\", \"bridge,id=user.0,br=BR\"]] with skip_nat_mapping and ssh_host"),
+    ("boot_keygroup_interval", "kiln waits boot_key_interval after every key; put <waitXs> in boot_command for longer pauses"),
 ];
 
 /// Debian's OVMF, used when efi_boot is set without firmware paths.
@@ -1050,17 +1050,17 @@ mod docs {
         }
     }
 
-    fn table(opts: &[Opt], inert: &[&str]) -> String {
+    fn table(opts: &[Opt], inert: &[(&str, &str)]) -> String {
         let mut s = String::from(
             "| option | type | kiln | in the cache key | what it does |\n|---|---|---|---|---|\n",
         );
         for o in opts {
-            let status = if inert.contains(&o.name.as_str()) {
-                "accepted, not acted on yet (a warning says so)"
+            let status = if let Some((_, why)) = inert.iter().find(|(n, _)| *n == o.name) {
+                format!("warns, not acted on: {}", why.replace('|', "\\|"))
             } else if o.doc.contains("not built in") {
-                "accepted, refused at use"
+                "accepted, refused at use".to_string()
             } else {
-                "acts"
+                "acts".to_string()
             };
             s.push_str(&format!(
                 "| `{}` | {} | {status} | {} | {} |\n",
@@ -1086,9 +1086,9 @@ mod docs {
             qemu.len(),
             ssh.len()
         );
-        let acted = |v: &[Opt], inert: &[&str]| {
+        let acted = |v: &[Opt], inert: &[(&str, &str)]| {
             v.iter()
-                .filter(|o| !inert.contains(&o.name.as_str()))
+                .filter(|o| !inert.iter().any(|(n, _)| *n == o.name))
                 .count()
         };
         let page = format!(

@@ -610,13 +610,14 @@ fn kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// A warning naming options that are accepted for compatibility but not acted on yet.
-pub fn warn_inert(c: &Component, inert: &[&str], diags: &mut Diagnostics) {
-    for key in inert {
+/// A warning for each option that is accepted for compatibility but not acted on yet, with the
+/// reason and what to do instead (`(name, reason)` pairs).
+pub fn warn_inert(c: &Component, inert: &[(&str, &str)], diags: &mut Diagnostics) {
+    for (key, why) in inert {
         if let Some(a) = c.attrs.get(*key) {
             diags.push(Diagnostic::warning(
                 format!(
-                    "option {key:?} of {} is accepted but not acted on yet",
+                    "option {key:?} of {} is accepted but not acted on: {why}",
                     c.kind
                 ),
                 Some(a.span.clone()),

@@ -173,19 +173,22 @@ pub struct SshOptions {
 }
 
 /// Options accepted for compatibility that kiln does not act on yet (named in a warning).
-pub const INERT: &[&str] = &[
-    "ssh_certificate_file",
-    "ssh_bastion_host",
-    "ssh_bastion_port",
-    "ssh_bastion_username",
-    "ssh_bastion_password",
-    "ssh_bastion_private_key_file",
-    "ssh_proxy_host",
-    "ssh_proxy_port",
-    "ssh_remote_tunnels",
-    "ssh_local_tunnels",
-    "ssh_keypair_name",
+pub const INERT: &[(&str, &str)] = &[
+    ("ssh_certificate_file", "libssh2 cannot authenticate with OpenSSH certificates; use ssh_private_key_file or ssh_agent_auth"),
+    ("ssh_bastion_host", BASTION),
+    ("ssh_bastion_port", BASTION),
+    ("ssh_bastion_username", BASTION),
+    ("ssh_bastion_password", BASTION),
+    ("ssh_bastion_private_key_file", BASTION),
+    ("ssh_proxy_host", "kiln does not connect through a SOCKS proxy yet; it connects directly to ssh_host"),
+    ("ssh_proxy_port", "kiln does not connect through a SOCKS proxy yet; it connects directly to ssh_host"),
+    ("ssh_remote_tunnels", TUNNELS),
+    ("ssh_local_tunnels", TUNNELS),
+    ("ssh_keypair_name", "it names a key pair of a cloud account, which the qemu and null builders have none of; use ssh_private_key_file"),
 ];
+
+const BASTION: &str = "kiln does not connect through a bastion yet; it connects directly to ssh_host (a qemu guest is always local)";
+const TUNNELS: &str = "kiln opens no SSH tunnels yet; for a qemu guest, forward ports with qemuargs (hostfwd/guestfwd)";
 
 /// What the communicator options resolve to.
 #[derive(Debug, Clone)]
