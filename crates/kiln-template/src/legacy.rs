@@ -321,9 +321,17 @@ fn builds(
             continue;
         }
         seen_names.push(name.clone());
-        if !crate::selected(&opts.only, &opts.except, &name, None)
-            && !crate::selected(&opts.only, &opts.except, &format!("{kind}.{name}"), None)
-        {
+        // A legacy build answers to its name and to TYPE.NAME: -only keeps it when either
+        // matches, -except drops it when either matches.
+        let names = [name.clone(), format!("{kind}.{name}")];
+        let kept = opts.only.is_empty()
+            || names
+                .iter()
+                .any(|n| !crate::selected(&[], &opts.only, n, None));
+        let dropped = names
+            .iter()
+            .any(|n| !crate::selected(&[], &opts.except, n, None));
+        if !kept || dropped {
             continue;
         }
         let gc = GoCtx {
@@ -650,6 +658,21 @@ mod tests {
         };
         let (plan, _) = load_json("only", T, &opts);
         assert_eq!(plan.map(|p| p.builds.len()), Some(1));
+        // -except drops builds by name or TYPE.NAME (it used to keep them all).
+        for except in [vec!["one".to_string()], vec!["qemu.one".to_string()]] {
+            let opts = LoadOptions {
+                except,
+                ..LoadOptions::default()
+            };
+            let (plan, d) = load_json("except", T, &opts);
+            let names: Vec<String> = plan
+                .unwrap_or_else(|| panic!("{d}"))
+                .builds
+                .into_iter()
+                .map(|b| b.full_name)
+                .collect();
+            assert_eq!(names, ["two"]);
+        }
         let (plan, d) = load_json(
             "typo",
             "{\n  \"builderz\": [],\n  \"builders\": [{\"type\": \"qemu\"}]\n}",
