@@ -128,6 +128,25 @@ pub fn from_component(c: &Component) -> std::result::Result<Shell, Diagnostics> 
     files.extend(cfg.scripts.iter().flatten().map(|s| s.0.clone()));
     for f in files {
         let p = PathBuf::from(&f);
+        // A character device (`script = "/dev/null"`, an empty default some templates use) is
+        // read once, as Packer reads it; a device that never ends is refused.
+        if let Some(body) = char_device_text(&p) {
+            match body {
+                Ok(text) => scripts.push((f, ScriptBody::Inline(text))),
+                Err(why) => {
+                    let key = if cfg.script.is_some() {
+                        "script"
+                    } else {
+                        "scripts"
+                    };
+                    d.push(Diagnostic::error(
+                        format!("script {f}: {why}"),
+                        Some(c.span_of(key).clone()),
+                    ));
+                }
+            }
+            continue;
+        }
         if !p.is_file() {
             let key = if cfg.script.is_some() {
                 "script"
@@ -149,6 +168,27 @@ pub fn from_component(c: &Component) -> std::result::Result<Shell, Diagnostics> 
         return Err(d);
     }
     Ok(Shell { cfg, scripts, env })
+}
+
+/// The text of a character device, read up to 1 MiB; `None` when `p` is not one.
+fn char_device_text(p: &std::path::Path) -> Option<std::result::Result<String, String>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(p).ok()?;
+    if !meta.file_type().is_char_device() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    let read = std::fs::File::open(p)
+        .and_then(|f| f.take((1 << 20) + 1).read_to_end(&mut buf))
+        .map_err(|e| format!("cannot read it: {e}"));
+    Some(read.and_then(|n| {
+        if n > 1 << 20 {
+            Err("it is a device that does not end (more than 1 MiB): name a file".into())
+        } else {
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+    }))
 }
 
 /// `KEY='value' ` pairs, values quoted for the shell.
@@ -405,6 +445,29 @@ mod key_rule {
                 "{k} must be in the key"
             );
         }
+        // A character device such as /dev/null is a script (an empty one), not a missing file.
+        let empty = key(&[("script", serde_json::json!("/dev/null"))]);
+        assert_eq!(empty["scripts"][0]["digest"], kiln_core::text_digest(""));
+        let span = Span::file_only(Path::new("t.pkr.hcl"));
+        let zero = Component {
+            kind: "shell".into(),
+            name: None,
+            span: span.clone(),
+            attrs: [(
+                "script".to_string(),
+                Attr {
+                    value: "/dev/zero".into(),
+                    span,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let err = from_component(&zero)
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("does not end"), "{err}");
         for (k, v) in [
             ("pause_after", serde_json::Value::from("5s")),
             ("start_retry_timeout", "1m".into()),
