@@ -62,13 +62,31 @@ pub fn render(s: &str, cx: &GoCtx<'_>) -> Result<String, String> {
     Ok(out)
 }
 
-fn args(s: &str) -> Result<Vec<String>, String> {
+/// A token of an action: a quoted string, a bare word, `(`, `)` or `|`.
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Str(String),
+    Word(String),
+    Open,
+    Close,
+    Pipe,
+}
+
+fn tokens(s: &str) -> Result<Vec<Tok>, String> {
     let mut out = Vec::new();
     let mut chars = s.chars().peekable();
     while let Some(&c) = chars.peek() {
         match c {
-            ' ' | '\t' => {
+            ' ' | '\t' | '\n' => {
                 chars.next();
+            }
+            '(' | ')' | '|' => {
+                chars.next();
+                out.push(match c {
+                    '(' => Tok::Open,
+                    ')' => Tok::Close,
+                    _ => Tok::Pipe,
+                });
             }
             '`' => {
                 chars.next();
@@ -80,7 +98,7 @@ fn args(s: &str) -> Result<Vec<String>, String> {
                         None => return Err("unterminated `...` argument".into()),
                     }
                 }
-                out.push(a);
+                out.push(Tok::Str(a));
             }
             '"' => {
                 chars.next();
@@ -101,37 +119,144 @@ fn args(s: &str) -> Result<Vec<String>, String> {
                         None => return Err("unterminated \"...\" argument".into()),
                     }
                 }
-                out.push(a);
+                out.push(Tok::Str(a));
             }
             _ => {
                 let mut a = String::new();
                 while let Some(&ch) = chars.peek() {
-                    if ch == ' ' || ch == '\t' {
+                    if " \t\n()|`\"".contains(ch) {
                         break;
                     }
                     a.push(ch);
                     chars.next();
                 }
-                out.push(a);
+                out.push(Tok::Word(a));
             }
         }
     }
     Ok(out)
 }
 
+/// Evaluates Go template pipelines as Packer's legacy templates use them: `fn arg …`,
+/// `(fn arg)` as an argument, and `a | fn x` (a's value becomes fn's last argument). A bare
+/// function name as an argument is a call (`split build_name "-" 1`); a number is itself.
+struct Eval<'a, 'c> {
+    toks: &'a [Tok],
+    at: usize,
+    /// Nesting of `(`: bounded, so a hostile template cannot overflow the stack.
+    depth: usize,
+    cx: &'a GoCtx<'c>,
+    action: &'a str,
+}
+
+impl Eval<'_, '_> {
+    fn pipeline(&mut self) -> Result<String, String> {
+        self.depth += 1;
+        if self.depth > 32 {
+            return Err(format!(
+                "`{{{{{}}}}}` nests more than 32 levels of `(`",
+                self.action
+            ));
+        }
+        let mut value = self.command(None)?;
+        while self.toks.get(self.at) == Some(&Tok::Pipe) {
+            self.at += 1;
+            value = self.command(Some(value))?;
+        }
+        self.depth -= 1;
+        Ok(value)
+    }
+
+    fn command(&mut self, piped: Option<String>) -> Result<String, String> {
+        let name = match self.toks.get(self.at) {
+            Some(Tok::Word(w)) => w.clone(),
+            Some(Tok::Open) if piped.is_none() => {
+                // A parenthesised pipeline standing alone.
+                self.at += 1;
+                let v = self.pipeline()?;
+                self.expect_close()?;
+                return Ok(v);
+            }
+            Some(Tok::Str(s)) if piped.is_none() => {
+                self.at += 1;
+                return Ok(s.clone());
+            }
+            _ => {
+                return Err(format!(
+                    "expected a function name in `{{{{{}}}}}`",
+                    self.action
+                ))
+            }
+        };
+        self.at += 1;
+        let mut args = Vec::new();
+        while let Some(t) = self.toks.get(self.at) {
+            match t {
+                Tok::Pipe | Tok::Close => break,
+                Tok::Str(s) => {
+                    args.push(s.clone());
+                    self.at += 1;
+                }
+                Tok::Word(w) => {
+                    self.at += 1;
+                    if w.chars()
+                        .all(|c| c.is_ascii_digit() || c == '-' || c == '.')
+                    {
+                        args.push(w.clone());
+                    } else {
+                        args.push(call(w, &[], self.cx, self.action)?);
+                    }
+                }
+                Tok::Open => {
+                    self.at += 1;
+                    let v = self.pipeline()?;
+                    self.expect_close()?;
+                    args.push(v);
+                }
+            }
+        }
+        if let Some(p) = piped {
+            args.push(p);
+        }
+        call(&name, &args, self.cx, self.action)
+    }
+
+    fn expect_close(&mut self) -> Result<(), String> {
+        if self.toks.get(self.at) == Some(&Tok::Close) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(format!("unclosed `(` in `{{{{{}}}}}`", self.action))
+        }
+    }
+}
+
 fn action_value(action: &str, cx: &GoCtx<'_>) -> Result<String, String> {
-    if action.contains('|') {
+    let toks = tokens(action)?;
+    let mut e = Eval {
+        toks: &toks,
+        at: 0,
+        depth: 0,
+        cx,
+        action,
+    };
+    let v = e.pipeline()?;
+    if e.at != toks.len() {
         return Err(format!(
-            "pipelines are not supported in `{{{{{action}}}}}`: call one function per action"
+            "unexpected `{:?}` in `{{{{{action}}}}}`",
+            toks[e.at]
         ));
     }
-    let a = args(action)?;
-    let (name, rest) = a.split_first().ok_or("empty action")?;
+    Ok(v)
+}
+
+/// One function call with evaluated arguments.
+fn call(name: &str, rest: &[String], cx: &GoCtx<'_>, action: &str) -> Result<String, String> {
     let one = |what: &str| -> Result<&String, String> {
         rest.first()
             .ok_or_else(|| format!("`{name}` needs {what}, e.g. {{{{{name} `{what}`}}}}"))
     };
-    Ok(match name.as_str() {
+    Ok(match name {
         "user" => {
             let k = one("name")?;
             cx.user
@@ -232,5 +357,51 @@ mod tests {
             .unwrap_or_default()
             .contains("did you mean `user`"));
         assert!(render("{{user `mem`", &cx).is_err());
+    }
+
+    #[test]
+    fn pipelines_and_parenthesised_calls_evaluate_as_go_templates_do() {
+        let user: HashMap<String, String> = [("v".to_string(), "abc".to_string())].into();
+        let cx = GoCtx {
+            user: &user,
+            env_allowed: false,
+            template_dir: "/t".into(),
+            build_name: Some("web-server".into()),
+            build_type: Some("qemu".into()),
+            now: 0,
+        };
+        let r = |s: &str| render(s, &cx);
+        assert_eq!(r("{{ user `v` | upper }}").as_deref(), Ok("ABC"));
+        assert_eq!(
+            r("{{ upper (user `v`) }}").as_deref(),
+            Ok("ABC"),
+            "it used to render `(USER`"
+        );
+        assert_eq!(r("{{split build_name \"-\" 1}}").as_deref(), Ok("server"));
+        assert_eq!(
+            r("{{ build_name | upper | lower }}").as_deref(),
+            Ok("web-server")
+        );
+        assert_eq!(
+            r("{{ replace \"-\" \"_\" 1 (build_name) }}").as_deref(),
+            Ok("web_server")
+        );
+        assert!(r("{{ upper (user `v` }}")
+            .err()
+            .unwrap_or_default()
+            .contains("unclosed `(`"));
+        let deep = format!(
+            "{{{{ {}user `v`{} }}}}",
+            "upper (".repeat(10_000),
+            ")".repeat(10_000)
+        );
+        assert!(r(&deep)
+            .err()
+            .unwrap_or_default()
+            .contains("nests more than 32"));
+        assert!(r("{{ upper (nosuch) }}")
+            .err()
+            .unwrap_or_default()
+            .contains("unknown function `nosuch`"));
     }
 }
