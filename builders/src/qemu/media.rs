@@ -26,24 +26,7 @@ pub fn make_iso(
                 .map_err(|e| Error::io(format!("cd_files: cannot copy {}", f.display()), e))?;
         }
     }
-    for (path, text) in content {
-        let rel = Path::new(path.trim_start_matches('/'));
-        if rel
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(Error::failed(format!(
-                "cd_content key {path:?} must be a relative path inside the CD"
-            )));
-        }
-        let p = dir.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
-        }
-        std::fs::write(&p, text)
-            .map_err(|e| Error::io(format!("cannot write {}", p.display()), e))?;
-    }
+    write_content(dir, content, "cd_content", "the CD")?;
     let out = Command::new("xorriso")
         .args(["-as", "mkisofs", "-quiet", "-J", "-r", "-V", label, "-o"])
         .arg(iso)
@@ -105,24 +88,7 @@ pub fn make_floppy(
         })?;
         copy_tree(d, &dir.join(name))?;
     }
-    for (path, text) in content {
-        let rel = Path::new(path.trim_start_matches('/'));
-        if rel
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(Error::failed(format!(
-                "floppy_content key {path:?} must be a relative path inside the floppy"
-            )));
-        }
-        let p = dir.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
-        }
-        std::fs::write(&p, text)
-            .map_err(|e| Error::io(format!("cannot write {}", p.display()), e))?;
-    }
+    write_content(dir, content, "floppy_content", "the floppy")?;
     let run = |cmd: &mut Command, what: &str| -> Result<()> {
         let out = cmd.output().map_err(|e| {
             Error::io(
@@ -163,6 +129,34 @@ pub fn make_floppy(
                 .env("MTOOLS_SKIP_CHECK", "1"),
             "mcopy",
         )?;
+    }
+    Ok(())
+}
+
+/// Writes `*_content` (path → text) under `dir`; each path must stay inside the medium.
+fn write_content(
+    dir: &Path,
+    content: &BTreeMap<String, String>,
+    option: &str,
+    medium: &str,
+) -> Result<()> {
+    for (path, text) in content {
+        let rel = Path::new(path.trim_start_matches('/'));
+        if rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::failed(format!(
+                "{option} key {path:?} must be a relative path inside {medium}"
+            )));
+        }
+        let p = dir.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+        }
+        std::fs::write(&p, text)
+            .map_err(|e| Error::io(format!("cannot write {}", p.display()), e))?;
     }
     Ok(())
 }
