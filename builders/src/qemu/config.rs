@@ -615,25 +615,20 @@ impl QemuConfig {
                 ));
             }
         }
-        let typed: Vec<(&str, &Text)> = self
+        // Each typed command with the option and index it is reported under.
+        let typed = self
             .boot_command
             .iter()
-            .map(|c| ("boot_command", c))
+            .enumerate()
+            .map(|(i, c)| ("boot_command", i, c))
             .chain(
                 self.boot_steps
                     .iter()
                     .flatten()
-                    .filter_map(|st| st.first())
-                    .map(|c| ("boot_steps", c)),
-            )
-            .collect();
-        for (i, (attr, cmd)) in typed.into_iter().enumerate() {
-            let attr: &str = attr;
-            let i = if attr == "boot_steps" {
-                i - self.boot_command.len()
-            } else {
-                i
-            };
+                    .enumerate()
+                    .filter_map(|(i, st)| st.first().map(|c| ("boot_steps", i, c))),
+            );
+        for (attr, i, cmd) in typed {
             for (k, hint) in super::bootcmd::unknown_keys(cmd) {
                 let h = hint.map_or_else(|| "kiln knows Packer's key names (<enter>, <tab>, <f1>, <wait5>, <leftCtrlOn>, ...)".to_string(), |h| format!("did you mean {h}?"));
                 d.push(at(attr, format!("{attr}[{i}]: unknown key {k}"), Some(h)));
@@ -669,12 +664,11 @@ impl QemuConfig {
                 Some("for UEFI use efi_boot (and efi_firmware_code/efi_firmware_vars)".into()),
             ));
         }
-        for attr in ["firmware", "efi_firmware_code", "efi_firmware_vars"] {
-            let v = match attr {
-                "firmware" => &self.firmware,
-                "efi_firmware_code" => &self.efi_firmware_code,
-                _ => &self.efi_firmware_vars,
-            };
+        for (attr, v) in [
+            ("firmware", &self.firmware),
+            ("efi_firmware_code", &self.efi_firmware_code),
+            ("efi_firmware_vars", &self.efi_firmware_vars),
+        ] {
             if let Some(f) = v.as_ref().filter(|f| !std::path::Path::new(&f.0).is_file()) {
                 d.push(at(
                     attr,
