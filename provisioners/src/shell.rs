@@ -395,29 +395,9 @@ mod tests {
 #[cfg(test)]
 mod key_rule {
     use super::*;
-    use kiln_template::{Attr, Span};
-    use std::path::Path;
 
     fn key(pairs: &[(&str, serde_json::Value)]) -> serde_json::Value {
-        let span = Span::file_only(Path::new("t.pkr.hcl"));
-        let c = Component {
-            kind: "shell".into(),
-            name: None,
-            span: span.clone(),
-            attrs: pairs
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        Attr {
-                            value: v.clone(),
-                            span: span.clone(),
-                        },
-                    )
-                })
-                .collect(),
-        };
-        from_component(&c)
+        from_component(&Component::from_pairs("shell", pairs))
             .map_err(|d| d.to_string())
             .and_then(|s| s.key_inputs().map_err(|e| e.to_string()))
             .expect("a key")
@@ -448,21 +428,7 @@ mod key_rule {
         // A character device such as /dev/null is a script (an empty one), not a missing file.
         let empty = key(&[("script", serde_json::json!("/dev/null"))]);
         assert_eq!(empty["scripts"][0]["digest"], kiln_core::text_digest(""));
-        let span = Span::file_only(Path::new("t.pkr.hcl"));
-        let zero = Component {
-            kind: "shell".into(),
-            name: None,
-            span: span.clone(),
-            attrs: [(
-                "script".to_string(),
-                Attr {
-                    value: "/dev/zero".into(),
-                    span,
-                },
-            )]
-            .into_iter()
-            .collect(),
-        };
+        let zero = Component::from_pairs("shell", &[("script", "/dev/zero".into())]);
         let err = from_component(&zero)
             .err()
             .map(|d| d.to_string())

@@ -197,12 +197,7 @@ mod tests {
             ssh_username: Some(Text("root".into())),
             ..Default::default()
         };
-        let c = kiln_template::Component {
-            kind: "qemu".into(),
-            name: Some("vm".into()),
-            span: kiln_template::Span::file_only(std::path::Path::new("t.pkr.hcl")),
-            attrs: Default::default(),
-        };
+        let c = kiln_template::Component::from_pairs("qemu", &[]);
         let mut s = cfg.resolve("vm", ssh, None, &c).expect("resolves").0;
         s.vm_name = "vm".into();
         s

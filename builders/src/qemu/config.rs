@@ -1120,34 +1120,15 @@ mod docs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_template::{Attr, Span};
-    use std::path::Path;
 
     fn comp(pairs: &[(&str, serde_json::Value)]) -> Component {
-        let span = Span::file_only(Path::new("t.pkr.hcl"));
         let mut attrs: Vec<(&str, serde_json::Value)> = vec![
             ("iso_url", "base.qcow2".into()),
             ("iso_checksum", "none".into()),
             ("ssh_username", "root".into()),
         ];
         attrs.extend(pairs.iter().cloned());
-        Component {
-            kind: "qemu".into(),
-            name: Some("x".into()),
-            span: span.clone(),
-            attrs: attrs
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        Attr {
-                            value: v,
-                            span: span.clone(),
-                        },
-                    )
-                })
-                .collect(),
-        }
+        Component::from_pairs("qemu", &attrs)
     }
 
     fn settings(pairs: &[(&str, serde_json::Value)]) -> Result<Settings, String> {
@@ -1339,13 +1320,7 @@ mod acting {
         std::fs::create_dir_all(&dir).expect("dir");
         let there = dir.join("there.img");
         std::fs::write(&there, b"x").expect("file");
-        let span = kiln_template::Span::file_only(std::path::Path::new("t.pkr.hcl"));
-        let c = Component {
-            kind: "qemu".into(),
-            name: Some("x".into()),
-            span,
-            attrs: Default::default(),
-        };
+        let c = Component::from_pairs("qemu", &[]);
         let ssh = SshOptions {
             communicator: Some(kiln_ssh::options::CommunicatorKind::None),
             ..SshOptions::default()
@@ -1378,13 +1353,7 @@ mod acting {
 
     #[test]
     fn boot_steps_are_typed_in_order_with_their_descriptions() {
-        let span = kiln_template::Span::file_only(std::path::Path::new("t.pkr.hcl"));
-        let c = Component {
-            kind: "qemu".into(),
-            name: Some("x".into()),
-            span,
-            attrs: Default::default(),
-        };
+        let c = Component::from_pairs("qemu", &[]);
         let none = || SshOptions {
             communicator: Some(kiln_ssh::options::CommunicatorKind::None),
             ..SshOptions::default()
@@ -1425,13 +1394,7 @@ mod acting {
 
     #[test]
     fn detect_zeroes_unmap_needs_discard_unmap() {
-        let span = kiln_template::Span::file_only(std::path::Path::new("t.pkr.hcl"));
-        let c = Component {
-            kind: "qemu".into(),
-            name: Some("x".into()),
-            span,
-            attrs: Default::default(),
-        };
+        let c = Component::from_pairs("qemu", &[]);
         let none = || SshOptions {
             communicator: Some(kiln_ssh::options::CommunicatorKind::None),
             ..SshOptions::default()

@@ -629,8 +629,6 @@ pub fn warn_inert(c: &Component, inert: &[(&str, &str)], diags: &mut Diagnostics
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_template::{Attr, Span};
-    use std::path::Path;
 
     #[derive(Deserialize, Debug)]
     #[serde(default)]
@@ -643,24 +641,7 @@ mod tests {
     }
 
     fn comp(pairs: &[(&str, serde_json::Value)]) -> Component {
-        let span = Span::file_only(Path::new("t.pkr.hcl"));
-        Component {
-            kind: "qemu".into(),
-            name: Some("x".into()),
-            span: span.clone(),
-            attrs: pairs
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        Attr {
-                            value: v.clone(),
-                            span: span.clone(),
-                        },
-                    )
-                })
-                .collect(),
-        }
+        Component::from_pairs("qemu", pairs)
     }
 
     #[test]

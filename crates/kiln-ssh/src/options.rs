@@ -340,28 +340,11 @@ impl SshOptions {
 mod tests {
     use super::*;
     use kiln_core::config::decode;
-    use kiln_template::{Attr, Span};
-    use std::path::Path;
 
     fn resolve(pairs: &[(&str, &str)]) -> Result<Resolved, String> {
-        let span = Span::file_only(Path::new("t.pkr.hcl"));
-        let c = Component {
-            kind: "null".into(),
-            name: Some("x".into()),
-            span: span.clone(),
-            attrs: pairs
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        Attr {
-                            value: (*v).into(),
-                            span: span.clone(),
-                        },
-                    )
-                })
-                .collect(),
-        };
+        let pairs: Vec<(&str, serde_json::Value)> =
+            pairs.iter().map(|(k, v)| (*k, (*v).into())).collect();
+        let c = Component::from_pairs("null", &pairs);
         let o: SshOptions = decode(&c, &[]).map_err(|d| d.to_string())?;
         o.resolve(&c).map_err(|d| d.to_string())
     }
@@ -394,24 +377,7 @@ mod tests {
 
     #[test]
     fn ciphers_and_key_exchange_are_checked_against_libssh2_and_agent_auth_needs_no_temp_key() {
-        let span = Span::file_only(Path::new("t.pkr.hcl"));
-        let mk = |pairs: Vec<(&str, serde_json::Value)>| Component {
-            kind: "null".into(),
-            name: None,
-            span: span.clone(),
-            attrs: pairs
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        Attr {
-                            value: v,
-                            span: span.clone(),
-                        },
-                    )
-                })
-                .collect(),
-        };
+        let mk = |pairs: Vec<(&str, serde_json::Value)>| Component::from_pairs("null", &pairs);
         let run = |c: &Component| {
             let o: SshOptions = decode(c, &[]).map_err(|d| d.to_string())?;
             o.resolve(c).map_err(|d| d.to_string())

@@ -27,6 +27,29 @@ pub struct Component {
 }
 
 impl Component {
+    /// A component of `kind` named `x` with these attributes, all placed at `t.pkr.hcl` (no
+    /// line): what unit tests of plugins decode, instead of a template on disk.
+    pub fn from_pairs(kind: &str, pairs: &[(&str, Value)]) -> Component {
+        let span = Span::file_only(std::path::Path::new("t.pkr.hcl"));
+        Component {
+            kind: kind.to_string(),
+            name: Some("x".into()),
+            span: span.clone(),
+            attrs: pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Attr {
+                            value: v.clone(),
+                            span: span.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// The attributes as one JSON object, for decoding into a typed config.
     pub fn to_json(&self) -> Value {
         Value::Object(
