@@ -317,16 +317,7 @@ fn make_builder(
                 build: b.source_name(),
                 base,
             };
-            match (row.make)(&b.builder, &cx) {
-                Ok((x, w)) => {
-                    d.extend(w);
-                    Some(x)
-                }
-                Err(e) => {
-                    d.extend(e);
-                    None
-                }
-            }
+            collect((row.make)(&b.builder, &cx), d)
         }
         Err(_) => {
             let names: Vec<&str> = kiln_builders::BUILDERS.iter().map(|r| r.name).collect();
@@ -350,6 +341,20 @@ fn make_builder(
     }
 }
 
+/// A made component, its warnings added to `d`; or its errors added and `None`.
+fn collect<T: ?Sized>(made: kiln_core::plugins::Made<T>, d: &mut Diagnostics) -> Option<Box<T>> {
+    match made {
+        Ok((x, w)) => {
+            d.extend(w);
+            Some(x)
+        }
+        Err(e) => {
+            d.extend(e);
+            None
+        }
+    }
+}
+
 type Steps = (
     Vec<StepSpec<dyn kiln_core::Provisioner>>,
     Option<StepSpec<dyn kiln_core::Provisioner>>,
@@ -359,21 +364,11 @@ type Steps = (
 /// A build's provisioners, error-cleanup provisioner and post-processor chains, from the tables.
 fn steps(b: &BuildPlan, run_uuid: &str, d: &mut Diagnostics) -> Steps {
     use kiln_core::plugins::find;
-    let provisioner = |c: &kiln_template::Component, d: &mut Diagnostics| match find(
-        kiln_provisioners::PROVISIONERS,
-        "provisioner",
-        c,
-    )
-    .and_then(|r| (r.make)(c))
-    {
-        Ok((x, w)) => {
-            d.extend(w);
-            Some(x)
-        }
-        Err(e) => {
-            d.extend(e);
-            None
-        }
+    let provisioner = |c: &kiln_template::Component, d: &mut Diagnostics| {
+        collect(
+            find(kiln_provisioners::PROVISIONERS, "provisioner", c).and_then(|r| (r.make)(c)),
+            d,
+        )
     };
     let mut provisioners = Vec::new();
     for p in &b.provisioners {
@@ -395,12 +390,8 @@ fn steps(b: &BuildPlan, run_uuid: &str, d: &mut Diagnostics) -> Steps {
                 &p.component,
             )
             .and_then(|r| (r.make)(&p.component, run_uuid));
-            match made {
-                Ok((x, w)) => {
-                    d.extend(w);
-                    c.push(step_spec(p, x, d));
-                }
-                Err(e) => d.extend(e),
+            if let Some(x) = collect(made, d) {
+                c.push(step_spec(p, x, d));
             }
         }
         post.push(c);
