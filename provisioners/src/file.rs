@@ -115,7 +115,12 @@ fn basename(p: &str) -> String {
         .unwrap_or_default()
 }
 
-fn upload_dir(comm: &mut dyn Communicator, cx: &StepCx<'_>, src: &Path, dest: &str) -> Result<()> {
+pub(crate) fn upload_dir(
+    comm: &mut dyn Communicator,
+    cx: &StepCx<'_>,
+    src: &Path,
+    dest: &str,
+) -> Result<()> {
     let mut dirs = vec![dest.to_string()];
     let mut files: Vec<(PathBuf, String, u32)> = Vec::new();
     let mut stack = vec![(src.to_path_buf(), dest.to_string())];

@@ -1,7 +1,8 @@
-//! Provisioners (shell, file, shell-local, breakpoint) and post-processors (manifest, checksum,
+//! Provisioners (shell, file, shell-local, ansible, ansible-local, breakpoint) and post-processors (manifest, checksum,
 //! compress, shell-local, vagrant), each built from a template `Component` with Packer's option
 //! names, and the tables kiln dispatches on. Adding one is a module and a row.
 
+mod ansible;
 mod file;
 mod local;
 mod post;
@@ -49,6 +50,21 @@ pub const PROVISIONERS: &[ProvisionerRow] = &[
         summary: "runs commands on the machine running kiln",
         plugin: None,
         make: prov!(local::shell_local),
+    },
+    ProvisionerRow {
+        name: "ansible",
+        summary: "runs the host's ansible-playbook against the guest",
+        plugin: Some("ansible"),
+        make: |c| {
+            let (p, warnings) = ansible::ansible(c)?;
+            Ok((Box::new(p), warnings))
+        },
+    },
+    ProvisionerRow {
+        name: "ansible-local",
+        summary: "runs ansible-playbook inside the guest on uploaded playbooks",
+        plugin: Some("ansible"),
+        make: prov!(ansible::ansible_local),
     },
     ProvisionerRow {
         name: "breakpoint",

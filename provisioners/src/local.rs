@@ -153,33 +153,7 @@ impl ShellLocal {
             if argv.is_empty() {
                 return Err(Error::failed("execute_command is empty"));
             }
-            let (reader, writer) = std::io::pipe().map_err(|e| Error::io("pipe", e))?;
-            let writer2 = writer.try_clone().map_err(|e| Error::io("pipe", e))?;
-            // Its own process group, killed whole on cancel, on error and if kiln dies.
-            let mut child = Guarded::spawn_group(
-                &argv,
-                |cmd: &mut Command| {
-                    cmd.envs(env.iter().cloned())
-                        .stdin(Stdio::null())
-                        .stdout(writer)
-                        .stderr(writer2);
-                },
-                Some(&dir),
-                format!("shell-local {name}"),
-            )?;
-            let pid = child.id();
-            let _hook = cx
-                .cancel
-                .on_cancel(move || kiln_core::process::kill_group(pid));
-            for line in BufReader::new(reader).lines() {
-                match line {
-                    Ok(l) => cx.em.output(&l),
-                    Err(_) => break,
-                }
-            }
-            let st = child.wait()?;
-            cx.cancel.check()?;
-            let code = st.code().unwrap_or(-1);
+            let code = run_host(&argv, &env, &dir, &format!("shell-local {name}"), cx)?;
             if !self.valid_exit_codes.contains(&code) {
                 return Err(Error::failed(format!(
                     "shell-local {name} exited with status {code}"
@@ -229,6 +203,45 @@ impl PostProcessor for ShellLocal {
         )?;
         Ok(a.clone())
     }
+}
+
+/// Runs `argv` on the host with `env` added, in its own process group (killed whole on
+/// cancel, on error and if kiln dies; `scratch` is removed with it if kiln dies), each line it
+/// prints (stdout and stderr) as build output;
+/// returns its exit status (-1 for a signal).
+pub(crate) fn run_host(
+    argv: &[String],
+    env: &[(String, String)],
+    scratch: &std::path::Path,
+    what: &str,
+    cx: &StepCx<'_>,
+) -> Result<i32> {
+    let (reader, writer) = std::io::pipe().map_err(|e| Error::io("pipe", e))?;
+    let writer2 = writer.try_clone().map_err(|e| Error::io("pipe", e))?;
+    let mut child = Guarded::spawn_group(
+        argv,
+        |cmd: &mut Command| {
+            cmd.envs(env.iter().cloned())
+                .stdin(Stdio::null())
+                .stdout(writer)
+                .stderr(writer2);
+        },
+        Some(scratch),
+        what.to_string(),
+    )?;
+    let pid = child.id();
+    let _hook = cx
+        .cancel
+        .on_cancel(move || kiln_core::process::kill_group(pid));
+    for line in BufReader::new(reader).lines() {
+        match line {
+            Ok(l) => cx.em.output(&l),
+            Err(_) => break,
+        }
+    }
+    let st = child.wait()?;
+    cx.cancel.check()?;
+    Ok(st.code().unwrap_or(-1))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -19,7 +19,7 @@ pub fn list_components() {
     };
     for r in kiln_builders::BUILDERS {
         say!(
-            "builder        {:<12} {:<30} {}",
+            "builder        {:<13} {:<30} {}",
             r.name,
             plugin(r.plugin),
             r.summary
@@ -27,7 +27,7 @@ pub fn list_components() {
     }
     for r in kiln_provisioners::PROVISIONERS {
         say!(
-            "provisioner    {:<12} {:<30} {}",
+            "provisioner    {:<13} {:<30} {}",
             r.name,
             plugin(r.plugin),
             r.summary
@@ -35,7 +35,7 @@ pub fn list_components() {
     }
     for r in kiln_provisioners::POST_PROCESSORS {
         say!(
-            "post-processor {:<12} {:<30} {}",
+            "post-processor {:<13} {:<30} {}",
             r.name,
             plugin(r.plugin),
             r.summary
@@ -44,7 +44,7 @@ pub fn list_components() {
     for (kind, have) in kiln_ssh::options::COMMUNICATORS {
         let what = if *have { "built in" } else { "not built in" };
         say!(
-            "communicator   {:<12} {:<30} {what}",
+            "communicator   {:<13} {:<30} {what}",
             kind.as_str(),
             "Packer core"
         );

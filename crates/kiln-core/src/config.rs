@@ -142,6 +142,12 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Text {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

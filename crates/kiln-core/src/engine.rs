@@ -167,6 +167,9 @@ type StepRecord = serde_json::Value;
 fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<Artifact> {
     let started = crate::now_rfc3339();
     job.builder.preflight(opts.force)?;
+    for p in &job.provisioners {
+        p.step.preflight()?;
+    }
     let publish = job.builder.publish();
     let keyed = match &publish {
         Some(p) => {

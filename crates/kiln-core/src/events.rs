@@ -106,6 +106,14 @@ impl Emitter {
         kiln_template::redact(&self.secrets, s)
     }
 
+    /// Whether `s` contains a sensitive value of the template (so it must not reach a command
+    /// line or a log).
+    pub fn holds_secret(&self, s: &str) -> bool {
+        self.secrets
+            .iter()
+            .any(|x| x.len() >= 2 && s.contains(x.as_str()))
+    }
+
     pub fn emit(&self, kind: EventKind) {
         let kind = match kind {
             EventKind::Message { level, text } => EventKind::Message {

@@ -99,6 +99,12 @@ pub fn text_digest(text: &str) -> serde_json::Value {
 }
 
 pub fn digest_path(p: &Path) -> Result<String> {
+    digest_path_except(p, &[])
+}
+
+/// [`digest_path`] of a directory without the subtrees `skip` names (absolute paths, or relative
+/// to the working directory as `p` is).
+pub fn digest_path_except(p: &Path, skip: &[PathBuf]) -> Result<String> {
     use sha2::Digest as _;
     use std::os::unix::fs::PermissionsExt;
     let meta =
@@ -106,6 +112,10 @@ pub fn digest_path(p: &Path) -> Result<String> {
     if meta.is_file() {
         return file_digest(p, &meta);
     }
+    let skip: Vec<PathBuf> = skip
+        .iter()
+        .filter_map(|s| std::fs::canonicalize(s).ok())
+        .collect();
     let mut entries = Vec::new();
     let mut stack = vec![p.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -114,6 +124,9 @@ pub fn digest_path(p: &Path) -> Result<String> {
             .flatten()
         {
             let path = e.path();
+            if !skip.is_empty() && std::fs::canonicalize(&path).is_ok_and(|c| skip.contains(&c)) {
+                continue;
+            }
             let m = std::fs::metadata(&path)
                 .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
             let rel = path
@@ -185,6 +198,27 @@ pub trait Communicator: Send {
     fn set_timeout(&mut self, t: Option<Duration>);
     /// Drops the connection so the next call connects again (after an expected disconnect).
     fn reset(&mut self);
+    /// Where a tool on the host (ansible) reaches the guest itself, with this connection's
+    /// credentials; `None` when the connection cannot be shared that way.
+    fn endpoint(&self) -> Option<Endpoint> {
+        None
+    }
+}
+
+/// An SSH endpoint a host-side tool can connect to: the address kiln connected to (the host
+/// port forward for qemu guests) and how it authenticated. No secret is in it: a password is only
+/// said to exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// The private key file kiln authenticates with (the user's, or the build's temporary key).
+    pub private_key_file: Option<PathBuf>,
+    /// Keys come from the SSH agent.
+    pub agent_auth: bool,
+    /// The connection uses a password.
+    pub password: bool,
 }
 
 /// What a step may know about the build it runs in.
@@ -361,6 +395,10 @@ pub trait Provisioner: Send + Sync {
     fn kind(&self) -> &str;
     /// Options and content digests of every local file it uploads or runs. Feeds the cache key.
     fn key_inputs(&self) -> Result<serde_json::Value>;
+    /// Checks what the step needs on the host (a tool it runs) before any guest boots.
+    fn preflight(&self) -> Result<()> {
+        Ok(())
+    }
     fn provision(&self, comm: Option<&mut dyn Communicator>, cx: &StepCx<'_>) -> Result<()>;
 }
 

@@ -70,11 +70,36 @@ row!(PostProcessorRow);
 
 /// The row named `c.kind`, or an error at the component naming what kiln has (and the nearest
 /// name). `what` is "builder type", "provisioner", …
+/// Packer components that only work with the WinRM communicator, which kiln does not have.
+const WINDOWS_ONLY: &[(&str, &str)] = &[
+    (
+        "powershell",
+        "it needs the WinRM communicator, which kiln does not have",
+    ),
+    (
+        "windows-shell",
+        "it needs the WinRM communicator, which kiln does not have",
+    ),
+    (
+        "windows-restart",
+        "it needs the WinRM communicator, which kiln does not have",
+    ),
+];
+
 pub fn find<'a, R: Row>(table: &'a [R], what: &str, c: &Component) -> Result<&'a R, Diagnostics> {
     if let Some(r) = table.iter().find(|r| r.name() == c.kind) {
         return Ok(r);
     }
     let names: Vec<&str> = table.iter().map(Row::name).collect();
+    if let Some((_, why)) = WINDOWS_ONLY.iter().find(|(n, _)| *n == c.kind) {
+        return Err(Diagnostics(vec![Diagnostic::error(
+            format!("{what} {:?} is not built into kiln: {why}", c.kind),
+            Some(c.span.clone()),
+        )
+        .with_hint(
+            "see docs/compatibility.md (Provisioners) for what implementing it needs",
+        )]));
+    }
     let hint = did_you_mean(&c.kind, names.iter().copied()).map_or_else(
         || format!("kiln has: {}", names.join(", ")),
         |s| format!("did you mean {s:?}?"),

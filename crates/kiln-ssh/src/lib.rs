@@ -664,6 +664,16 @@ impl Communicator for SshComm {
         self.sftp = None;
         self.sess = None;
     }
+    fn endpoint(&self) -> Option<kiln_core::Endpoint> {
+        Some(kiln_core::Endpoint {
+            host: self.cfg.host.clone(),
+            port: self.cfg.port,
+            user: self.cfg.user.clone(),
+            private_key_file: self.cfg.private_key_file.clone(),
+            agent_auth: self.cfg.agent_auth,
+            password: self.cfg.password.is_some(),
+        })
+    }
 }
 
 #[cfg(test)]
