@@ -106,6 +106,12 @@ pub const POST_PROCESSORS: &[PostProcessorRow] = &[
         make: post!(local::shell_local),
     },
     PostProcessorRow {
+        name: "artifice",
+        summary: "makes the listed files the artifact for the post-processors after it",
+        plugin: None,
+        make: post!(post::artifice),
+    },
+    PostProcessorRow {
         name: "vagrant",
         summary: "packs the disk into a Vagrant box for the libvirt provider",
         plugin: Some("vagrant"),

@@ -519,3 +519,69 @@ impl PostProcessor for Vagrant {
         })
     }
 }
+
+/// `artifice`, as Packer's: the artifact becomes the listed files (made by an earlier step, such
+/// as a shell-local post-processor), for the post-processors after it. Each must exist then.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ArtificeConfig {
+    pub files: Option<Vec<Text>>,
+}
+
+pub struct Artifice {
+    files: Vec<String>,
+}
+
+pub fn artifice(c: &Component) -> std::result::Result<Artifice, Diagnostics> {
+    let cfg: ArtificeConfig = decode(c, &[])?;
+    match cfg.files {
+        Some(f) if !f.is_empty() => Ok(Artifice {
+            files: f.into_iter().map(|t| t.0).collect(),
+        }),
+        _ => Err(Diagnostics(vec![Diagnostic::error(
+            "the artifice post-processor needs files: the paths that make the new artifact",
+            Some(c.span.clone()),
+        )
+        .with_hint("add `files = [\"output/disk.vmdk\"]`")])),
+    }
+}
+
+impl PostProcessor for Artifice {
+    fn kind(&self) -> &str {
+        "artifice"
+    }
+    fn process(&self, a: &Artifact, cx: &StepCx<'_>) -> Result<Artifact> {
+        let mut files = Vec::new();
+        for f in &self.files {
+            let p = PathBuf::from(fill(f, cx.vars));
+            if !p.is_file() {
+                return Err(Error::failed(format!(
+                    "artifice: {} does not exist: an earlier step must make it",
+                    p.display()
+                )));
+            }
+            files.push(p);
+        }
+        cx.em.say(format!(
+            "artifice: the artifact is now {}",
+            files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(Artifact {
+            builder_type: "packer.post-processor.artifice".into(),
+            id: files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            files,
+            disk: None,
+            image: None,
+            cached: false,
+            meta: a.meta.clone(),
+        })
+    }
+}

@@ -280,6 +280,7 @@ fn load_options(t: &TemplateArgs, syntax_only: bool) -> Result<LoadOptions, Stri
         except: t.except.clone(),
         syntax_only,
         plugins: Some(prepare::plugins()),
+        data_sources: kiln_builders::DATA_SOURCES,
     })
 }
 

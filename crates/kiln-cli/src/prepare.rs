@@ -41,6 +41,14 @@ pub fn list_components() {
             r.summary
         );
     }
+    for r in kiln_builders::DATA_SOURCES {
+        say!(
+            "data source    {:<13} {:<30} {}",
+            r.name,
+            "Packer core",
+            r.summary
+        );
+    }
     for (kind, have) in kiln_ssh::options::COMMUNICATORS {
         let what = if *have { "built in" } else { "not built in" };
         say!(
@@ -129,9 +137,11 @@ fn job(
     base: Option<&ResolvedBase>,
     d: &mut Diagnostics,
 ) -> Option<Job> {
-    let builder = make_builder(b, plan, base, d)?;
+    // Steps are made even when the builder is not, so every problem is reported at once.
+    let builder = make_builder(b, plan, base, d);
     let (provisioners, error_cleanup, post) = steps(b, run_uuid, d);
     let tag = tag_for(b, d);
+    let builder = builder?;
     Some(Job {
         name: b.source_name().to_string(),
         builder,

@@ -245,6 +245,15 @@ fn build(job: &Job, opts: &RunOptions, em: &Emitter, cancel: &Cancel) -> Result<
             cached: false,
             meta: built.meta,
         },
+        (Output::Files { id, files }, _, _) => Artifact {
+            builder_type: job.builder.kind().to_string(),
+            files,
+            id,
+            disk: None,
+            image: None,
+            cached: false,
+            meta: built.meta,
+        },
         (Output::Remote { id }, _, _) => Artifact {
             builder_type: job.builder.kind().to_string(),
             files: Vec::new(),

@@ -274,6 +274,8 @@ pub enum Output {
     Nothing,
     /// Something that lives elsewhere, named by its id (a cloud image).
     Remote { id: String },
+    /// Files the builder wrote where the user asked (the `file` builder's target); not stored.
+    Files { id: String, files: Vec<PathBuf> },
 }
 
 /// The base a build started from, for the manifest.

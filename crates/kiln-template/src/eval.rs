@@ -157,16 +157,33 @@ fn ref_regex() -> &'static regex::Regex {
     })
 }
 
-/// `(kind, name, byte offset)` of each `var.X` / `local.X` reference in an expression's source text.
+fn data_regex() -> &'static regex::Regex {
+    static RE: OnceLock<regex::Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        regex::Regex::new(
+            r"(?:^|[^\w.])(data)\.([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_-]*)",
+        )
+        .expect("static regex compiles")
+    })
+}
+
+/// `(kind, name, byte offset)` of each `var.X` / `local.X` / `data.T.N` (name `T.N`) reference in
+/// an expression's source text.
 pub fn references(src: &str) -> Vec<(&'static str, String, usize)> {
-    ref_regex()
+    let mut out: Vec<(&'static str, String, usize)> = ref_regex()
         .captures_iter(src)
         .filter_map(|c| {
             let kind = if &c[1] == "var" { "var" } else { "local" };
             let m = c.get(1)?;
             Some((kind, c[2].to_string(), m.start()))
         })
-        .collect()
+        .collect();
+    out.extend(data_regex().captures_iter(src).filter_map(|c| {
+        let m = c.get(1)?;
+        Some(("data", format!("{}.{}", &c[2], &c[3]), m.start()))
+    }));
+    out.sort_by_key(|r| r.2);
+    out
 }
 
 /// The message for a reference to something that was never declared.
@@ -175,11 +192,19 @@ pub fn undeclared_message<'a>(
     name: &str,
     declared: impl IntoIterator<Item = &'a str>,
 ) -> (String, Option<String>) {
-    let what = if kind == "var" { "variable" } else { "local" };
+    let what = match kind {
+        "var" => "variable",
+        "data" => "data source",
+        _ => "local",
+    };
     let msg = format!("reference to undeclared {what} {kind}.{name}");
     let hint = match did_you_mean(name, declared) {
         Some(s) => format!("did you mean {kind}.{s}?"),
         None if kind == "var" => format!("declare it with a `variable \"{name}\" {{ ... }}` block"),
+        None if kind == "data" => {
+            let (t, n) = name.split_once('.').unwrap_or((name, ""));
+            format!("declare it with a `data \"{t}\" \"{n}\" {{ ... }}` block")
+        }
         None => format!("define it in a `locals {{ {name} = ... }}` block"),
     };
     (msg, Some(hint))

@@ -98,6 +98,9 @@ pub(crate) struct Loader<'o> {
     /// Variables whose given value was refused (so "has no value" is not said as well).
     refused: Vec<String>,
     sources: IndexMap<String, SourceDef>,
+    /// `data` blocks by `TYPE.NAME`, and the results of those evaluated.
+    datas: IndexMap<String, SourceDef>,
+    data_values: IndexMap<String, Value>,
     builds: Vec<(usize, Block)>,
     unknown_plugins: Vec<(String, Span)>,
 }
@@ -116,6 +119,8 @@ impl<'o> Loader<'o> {
             raw_sensitive: Vec::new(),
             refused: Vec::new(),
             sources: IndexMap::new(),
+            datas: IndexMap::new(),
+            data_values: IndexMap::new(),
             builds: Vec::new(),
             unknown_plugins: Vec::new(),
         }
@@ -301,16 +306,22 @@ impl<'o> Loader<'o> {
                 .to_string();
             let mut bad = false;
             for (kind, name, off) in references(&text) {
-                let known = if kind == "var" {
-                    self.vars.contains_key(&name)
-                } else {
-                    self.locals.contains_key(&name)
+                let known = match kind {
+                    "var" => self.vars.contains_key(&name),
+                    "data" => self.datas.contains_key(&name),
+                    _ => self.locals.contains_key(&name),
                 };
                 if !known {
-                    let (msg, hint) = if kind == "var" {
-                        undeclared_message(kind, &name, self.vars.keys().map(String::as_str))
-                    } else {
-                        undeclared_message(kind, &name, self.locals.keys().map(String::as_str))
+                    let (msg, hint) = match kind {
+                        "var" => {
+                            undeclared_message(kind, &name, self.vars.keys().map(String::as_str))
+                        }
+                        "data" => {
+                            undeclared_message(kind, &name, self.datas.keys().map(String::as_str))
+                        }
+                        _ => {
+                            undeclared_message(kind, &name, self.locals.keys().map(String::as_str))
+                        }
                     };
                     let f = &self.files[file];
                     let s = Span::from_offset(&f.path, &f.text, r.start + off);
@@ -471,18 +482,50 @@ impl<'o> Loader<'o> {
                 );
             }
             "build" => self.builds.push((file, b)),
-            "data" => self.err(
-                format!(
-                    "data sources are not supported by kiln yet ({})",
-                    b.labels
-                        .iter()
-                        .map(|l| l.as_str())
-                        .collect::<Vec<_>>()
-                        .join(".")
-                ),
-                span,
-                Some("replace the data source with a variable or local".into()),
-            ),
+            "data" => {
+                let Some(l) = self.labels(file, &b, 2, "data \"http\" \"name\" { ... }") else {
+                    return;
+                };
+                let key = format!("{}.{}", l[0], l[1]);
+                let table = self.opts.data_sources;
+                if !table.iter().any(|r| r.name == l[0]) {
+                    let names: Vec<&str> = table.iter().map(|r| r.name).collect();
+                    let hint = match did_you_mean(&l[0], names.iter().copied()) {
+                        Some(s) => format!("did you mean {s:?}?"),
+                        None if names.is_empty() => {
+                            "replace the data source with a variable or local".into()
+                        }
+                        None => format!(
+                            "kiln has: {}; otherwise replace it with a variable or local",
+                            names.join(", ")
+                        ),
+                    };
+                    self.err(
+                        format!("data source {:?} is not built into kiln ({key})", l[0]),
+                        span,
+                        Some(hint),
+                    );
+                    return;
+                }
+                if let Some(prev) = self.datas.get(&key) {
+                    let prev_span = self.span(prev.file, prev.block.ident.span());
+                    self.err(
+                        format!("duplicate data source data.{key}; it is already declared at {prev_span}"),
+                        span,
+                        Some("give each data source a unique name".into()),
+                    );
+                    return;
+                }
+                self.datas.insert(
+                    key,
+                    SourceDef {
+                        kind: l[0].clone(),
+                        name: l[1].clone(),
+                        file,
+                        block: b,
+                    },
+                );
+            }
             other => {
                 let hint = did_you_mean(other, TOP_BLOCKS.iter().copied())
                     .map(|s| format!("did you mean `{s}`?"));
@@ -959,22 +1002,55 @@ impl<'o> Loader<'o> {
         var_obj
     }
 
+    /// `data.TYPE.NAME` for every data source evaluated so far.
+    fn data_object(&self) -> Value {
+        let mut by_type: Map<String, Value> = Map::new();
+        for (key, v) in &self.data_values {
+            let (t, n) = key.split_once('.').unwrap_or((key, ""));
+            if let Value::Object(m) = by_type
+                .entry(t.to_string())
+                .or_insert_with(|| Value::Object(Map::new()))
+            {
+                m.insert(n.to_string(), v.clone());
+            }
+        }
+        Value::Object(by_type)
+    }
+
+    /// The source text of a local's expression or a data block's body.
+    fn node_text(&self, node: &str) -> &str {
+        let (file, range) = match node.split_once('.') {
+            Some(("local", n)) => {
+                let l = &self.locals[n];
+                (l.file, l.expr.span())
+            }
+            Some((_, key)) => {
+                let d = &self.datas[key];
+                (d.file, d.block.body.span())
+            }
+            None => return "",
+        };
+        range
+            .and_then(|r| self.files[file].text.get(r))
+            .unwrap_or("")
+    }
+
+    /// Evaluates locals and data sources in dependency order (each may use the others), so they
+    /// may be written in any order and cycles are named.
     fn eval_locals(&mut self, var_obj: &Value) {
-        // Dependency order, so locals may refer to each other in any order and cycles are named.
-        let names: Vec<String> = self.locals.keys().cloned().collect();
+        let names: Vec<String> = self
+            .locals
+            .keys()
+            .map(|n| format!("local.{n}"))
+            .chain(self.datas.keys().map(|k| format!("data.{k}")))
+            .collect();
         let deps: IndexMap<String, Vec<String>> = names
             .iter()
             .map(|n| {
-                let l = &self.locals[n];
-                let text = l
-                    .expr
-                    .span()
-                    .and_then(|r| self.files[l.file].text.get(r))
-                    .unwrap_or("");
-                let d = references(text)
+                let d = references(self.node_text(n))
                     .into_iter()
-                    .filter(|(k, _, _)| *k == "local")
-                    .map(|(_, n, _)| n)
+                    .filter(|(k, _, _)| *k != "var")
+                    .map(|(k, n, _)| format!("{k}.{n}"))
                     .collect();
                 (n.clone(), d)
             })
@@ -988,7 +1064,7 @@ impl<'o> Loader<'o> {
                 .filter(|n| {
                     deps[*n]
                         .iter()
-                        .all(|d| done.contains(d) || !self.locals.contains_key(d))
+                        .all(|d| done.contains(d) || !names.contains(d))
                 })
                 .cloned()
                 .collect();
@@ -1003,19 +1079,16 @@ impl<'o> Loader<'o> {
                 let mut ctx = self.base_ctx(false);
                 ctx.declare_var("var", var_obj.clone());
                 ctx.declare_var("local", Value::Object(self.local_values.clone()));
-                let (file, expr, sensitive) = {
-                    let l = &self.locals[&n];
-                    (l.file, l.expr.clone(), l.sensitive)
+                ctx.declare_var("data", self.data_object());
+                let ok = match n.split_once('.') {
+                    Some(("local", name)) => self.eval_local(name, &ctx),
+                    Some((_, key)) => self.eval_data(key, &ctx),
+                    None => false,
                 };
-                match self.eval(file, &expr, &ctx) {
-                    Some(v) => {
-                        self.local_values.insert(n.clone(), v);
-                        if sensitive {
-                            self.sensitive_locals.push(n.clone());
-                        }
-                        done.push(n);
-                    }
-                    None => failed.push(n),
+                if ok {
+                    done.push(n);
+                } else {
+                    failed.push(n);
                 }
             }
         }
@@ -1028,15 +1101,82 @@ impl<'o> Loader<'o> {
                 .filter(|d| !done.contains(d))
                 .map(String::as_str)
                 .collect();
-            let span = self.locals[n].span.clone();
-            self.err(
-                format!(
-                    "local {n:?} depends on itself through local.{}",
-                    cycle.join(", local.")
+            let (span, what, label) = match n.split_once('.') {
+                Some(("local", name)) => (
+                    self.locals[name].span.clone(),
+                    "a local",
+                    format!("local {name:?}"),
                 ),
+                Some((_, key)) => {
+                    let d = &self.datas[key];
+                    (
+                        self.span(d.file, d.block.ident.span()),
+                        "a data source",
+                        format!("data source {n}"),
+                    )
+                }
+                None => continue,
+            };
+            self.err(
+                format!("{label} depends on itself through {}", cycle.join(", ")),
                 span,
-                Some("break the cycle: a local cannot refer back to itself".into()),
+                Some(format!(
+                    "break the cycle: {what} cannot refer back to itself"
+                )),
             );
+        }
+    }
+
+    fn eval_local(&mut self, n: &str, ctx: &Context<'_>) -> bool {
+        let (file, expr, sensitive) = {
+            let l = &self.locals[n];
+            (l.file, l.expr.clone(), l.sensitive)
+        };
+        match self.eval(file, &expr, ctx) {
+            Some(v) => {
+                self.local_values.insert(n.to_string(), v);
+                if sensitive {
+                    self.sensitive_locals.push(n.to_string());
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Evaluates a data block's attributes and runs the data source on them.
+    fn eval_data(&mut self, key: &str, ctx: &Context<'_>) -> bool {
+        let (kind, file, block) = {
+            let d = &self.datas[key];
+            (d.kind.clone(), d.file, d.block.clone())
+        };
+        let Some(row) = self.opts.data_sources.iter().find(|r| r.name == kind) else {
+            return false;
+        };
+        self.check_keys(file, &block.body, row.options, &[]);
+        let mut args = serde_json::Map::new();
+        let mut ok = true;
+        for a in block.body.attributes() {
+            match self.eval(file, &a.value, ctx) {
+                Some(v) => {
+                    args.insert(a.key.as_str().to_string(), to_json(&v));
+                }
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return false;
+        }
+        let span = self.span(file, block.ident.span());
+        match (row.eval)(&args) {
+            Ok(v) => {
+                self.data_values.insert(key.to_string(), from_json(&v));
+                true
+            }
+            Err(why) => {
+                self.err(format!("data.{key}: {why}"), span, None);
+                false
+            }
         }
     }
 
@@ -1053,6 +1193,7 @@ impl<'o> Loader<'o> {
             let mut ctx = self.base_ctx(false);
             ctx.declare_var("var", var_obj.clone());
             ctx.declare_var("local", Value::Object(self.local_values.clone()));
+            ctx.declare_var("data", self.data_object());
             let build_name = b
                 .body
                 .get_attribute("name")
@@ -1090,6 +1231,7 @@ impl<'o> Loader<'o> {
                 let mut bctx = self.base_ctx(false);
                 bctx.declare_var("var", var_obj.clone());
                 bctx.declare_var("local", Value::Object(self.local_values.clone()));
+                bctx.declare_var("data", self.data_object());
                 bctx.declare_var(
                     "source",
                     Value::from_iter([

@@ -60,6 +60,23 @@ pub struct LoadOptions {
     /// The Packer plugins kiln has built in (read from its component tables): what
     /// `required_plugins` may name. `None`: not checked (a caller without the tables).
     pub plugins: Option<Vec<String>>,
+    /// The data sources kiln has built in (`data "KIND" "NAME" { }`); empty: none.
+    pub data_sources: &'static [DataSourceRow],
+}
+
+/// A data source kiln has built in. `data "NAME" "x" { ... }` has its attributes evaluated (they
+/// may use variables, locals and other data sources) and `eval` called with them before any source
+/// or build is read; the object it returns is `data.NAME.x` in every expression.
+#[derive(Debug)]
+pub struct DataSourceRow {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// The options it takes; others are refused with "did you mean".
+    pub options: &'static [&'static str],
+    /// The attributes' values (as JSON) to the result object, or what went wrong.
+    pub eval: fn(
+        &serde_json::Map<String, serde_json::Value>,
+    ) -> std::result::Result<serde_json::Value, String>,
 }
 
 /// Loads and evaluates the template at `path`. Returns the plan (None when there are errors) and
