@@ -6,7 +6,7 @@ set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in skopeo docker-registry ansible debootstrap apache2-utils zstd zip isolinux syslinux-common extlinux xorriso mtools dosfstools ovmf swtpm swtpm-tools busybox-static dropbear-bin e2fsprogs cpio xz-utils openssh-client openssh-sftp-server libssl-dev pkg-config openssl gzip tar python3; do
+for p in skopeo docker-registry ansible debootstrap systemd-boot-efi fdisk apache2-utils zstd zip isolinux syslinux-common extlinux xorriso mtools dosfstools ovmf swtpm swtpm-tools busybox-static dropbear-bin e2fsprogs cpio xz-utils openssh-client openssh-sftp-server libssl-dev pkg-config openssl gzip tar python3; do
   pkg_installed "$p" || need+=("$p")
 done
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)

@@ -1138,55 +1138,93 @@ fn floppy_files_dirs_and_content_are_read_by_the_guest() {
     assert!(ctx.qemu_pids().is_empty());
 }
 
+/// The UEFI guest (tests/fixtures/mkbase-efi.sh): GPT, systemd-boot on its own ESP, root on p2.
+fn efi_dir() -> std::path::PathBuf {
+    let out = std::process::Command::new(common::repo().join("scripts/ensure-efi.sh"))
+        .output()
+        .expect("scripts/ensure-efi.sh runs");
+    assert!(
+        out.status.success(),
+        "making the UEFI guest failed (needs: scripts/setup.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 #[test]
-fn efi_boot_boots_the_guest_through_ovmf_and_leaves_the_vars_template_alone() {
+fn a_uefi_guest_boots_from_its_own_esp_with_a_tpm_and_nothing_outlives_the_build() {
     let ctx = Ctx::new("efi");
+    let efi = efi_dir();
     let template = "/usr/share/OVMF/OVMF_VARS_4M.fd";
     let before = std::fs::read(template).expect("ovmf (scripts/setup.sh installs it)");
+    // No kernel option: OVMF finds EFI/BOOT/BOOTX64.EFI (systemd-boot) on the disk's ESP.
     let t = ctx.write(
         "t.pkr.hcl",
-        &hcl(
-            &ctx,
-            "efi",
-            // OVMF boots an EFI-stub kernel (the bzImage), not the base's ELF vmlinux.
-            &format!(
-                "  efi_boot = true\n  machine_type = \"q35\"\n  ssh_timeout = \"4m\"\n  kernel = \"/boot/vmlinuz-{}\"",
-                newest_kver()
-            ),
-            "  provisioner \"shell\" {\n    inline = [\"test -d /sys/firmware/efi && echo booted-through-uefi\"]\n  }",
+        &format!(
+            r#"source "qemu" "efi" {{
+  iso_url              = "{e}/efi.qcow2"
+  iso_checksum         = "none"
+  disk_image           = true
+  accelerator          = "tcg"
+  memory               = 256
+  machine_type         = "q35"
+  efi_boot             = true
+  vtpm                 = true
+  output_directory     = "out-efi"
+  vm_name              = "disk.qcow2"
+  ssh_username         = "root"
+  ssh_private_key_file = "{e}/id_ed25519"
+  ssh_timeout          = "4m"
+  shutdown_command     = "sync; poweroff"
+}}
+build {{
+  sources = ["source.qemu.efi"]
+  provisioner "shell" {{
+    inline = [
+      "test -d /sys/firmware/efi && echo booted-through-uefi",
+      "test -c /dev/tpm0 && echo guest-has-tpm0",
+      "cat /sys/class/tpm/tpm0/tpm_version_major",
+      "echo from-the-esp-guest > /root/efi.txt",
+    ]
+  }}
+}}
+"#,
+            e = efi.display()
         ),
     );
     let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
     let s = text(&out);
     assert!(out.status.success(), "{s}");
     assert!(s.contains("booted-through-uefi"), "{s}");
+    assert!(s.contains("guest-has-tpm0"), "{s}");
+    assert!(s.contains("started swtpm"), "{s}");
     assert_eq!(
         std::fs::read(template).ok().as_deref(),
         Some(before.as_slice()),
         "the system's OVMF_VARS template was not written"
     );
-    assert!(ctx.qemu_pids().is_empty());
-}
-
-#[test]
-fn vtpm_gives_the_guest_a_tpm_and_swtpm_ends_with_the_build() {
-    let ctx = Ctx::new("vtpm");
-    let t = ctx.write(
-        "t.pkr.hcl",
-        &hcl(
-            &ctx,
-            "tpm",
-            // The bzImage: the base's ELF vmlinux boots through PVH, where this guest sees no
-            // ACPI tables, and the TPM is found through ACPI.
-            &format!("  vtpm = true\n  kernel = \"/boot/vmlinuz-{}\"", newest_kver()),
-            "  provisioner \"shell\" {\n    inline = [\"test -c /dev/tpm0 && echo guest-has-tpm0\", \"cat /sys/class/tpm/tpm0/tpm_version_major\"]\n  }",
-        ),
-    );
-    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
-    let s = text(&out);
-    assert!(out.status.success(), "{s}");
-    assert!(s.contains("guest-has-tpm0"), "{s}");
-    assert!(s.contains("started swtpm"), "{s}");
+    // The file landed on p2 of the GPT disk: read it at that partition's offset.
+    let raw = ctx.dir.join("efi.raw");
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(ctx.dir.join("out-efi/disk.qcow2"))
+        .arg(&raw)
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let gpt = std::fs::read(&raw).expect("raw disk");
+    assert_eq!(&gpt[512..520], b"EFI PART", "a GPT disk");
+    // Entry 2 of the partition array at LBA 2: first LBA at byte 32 of the 128-byte entry.
+    let e2 = 1024 + 128;
+    let mut lba = [0u8; 8];
+    lba.copy_from_slice(&gpt[e2 + 32..e2 + 40]);
+    let start = u64::from_le_bytes(lba) * 512;
+    let cat = std::process::Command::new("debugfs")
+        .args(["-R", "cat /root/efi.txt"])
+        .arg(format!("{}?offset={start}", raw.display()))
+        .output()
+        .expect("debugfs");
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "from-the-esp-guest\n");
     let needle = ctx.dir.to_string_lossy().into_owned();
     let swtpms: Vec<String> = std::fs::read_dir("/proc")
         .into_iter()
