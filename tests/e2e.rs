@@ -1237,3 +1237,66 @@ build {{
     assert!(swtpms.is_empty(), "swtpm left running: {swtpms:?}");
     assert!(ctx.qemu_pids().is_empty());
 }
+
+/// The tiny arm64 guest (tests/fixtures/mkbase-arm64.sh), from Debian's arm64 packages.
+fn arm64_dir() -> std::path::PathBuf {
+    let out = std::process::Command::new(common::repo().join("scripts/ensure-arm64.sh"))
+        .output()
+        .expect("scripts/ensure-arm64.sh runs");
+    assert!(
+        out.status.success(),
+        "making the arm64 guest failed (needs: scripts/setup.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[test]
+fn an_arm64_guest_builds_under_tcg_with_defaults_for_its_architecture() {
+    let ctx = Ctx::new("arm64");
+    let a = arm64_dir();
+    // No machine_type, cpu_model or accelerator: kiln picks virt, -cpu max and TCG for aarch64.
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &format!(
+            r#"source "qemu" "arm" {{
+  qemu_binary          = "qemu-system-aarch64"
+  iso_url              = "{a}/base.qcow2"
+  iso_checksum         = "none"
+  disk_image           = true
+  memory               = 256
+  kernel               = "{a}/Image"
+  initrd               = "{a}/initrd.img"
+  kernel_args          = "root=/dev/vda rw console=ttyAMA0 quiet"
+  output_directory     = "out-arm"
+  vm_name              = "disk.qcow2"
+  ssh_username         = "root"
+  ssh_private_key_file = "{a}/id_ed25519"
+  ssh_timeout          = "4m"
+  shutdown_command     = "sync; poweroff"
+}}
+build {{
+  sources = ["source.qemu.arm"]
+  provisioner "shell" {{
+    inline = ["uname -m > /root/arch", "echo guest-arch=$(uname -m)"]
+  }}
+}}
+"#,
+            a = a.display()
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("guest-arch=aarch64"), "{s}");
+    assert!(
+        s.contains("accelerator: tcg (auto: the guest is aarch64"),
+        "{s}"
+    );
+    let disk = ctx.dir.join("out-arm/disk.qcow2");
+    assert_eq!(
+        ctx.read_from_image(&disk, "/root/arch").as_deref(),
+        Some("aarch64\n")
+    );
+    assert!(ctx.qemu_pids().is_empty());
+}

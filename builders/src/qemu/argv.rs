@@ -48,6 +48,9 @@ pub fn build(i: &ArgvInput<'_>) -> Vec<String> {
         push(&["-cpu", c]);
     } else if i.accel == "kvm" {
         push(&["-cpu", "host"]);
+    } else if super::config::target_arch(&cfg.qemu_binary) == "aarch64" {
+        // virt's default CPU is a 32-bit cortex-a15: it cannot run an arm64 kernel.
+        push(&["-cpu", "max"]);
     }
     push(&["-smp", &i.s.smp]);
     push(&["-m", &format!("{}M", cfg.memory)]);

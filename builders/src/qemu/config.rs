@@ -195,9 +195,10 @@ pub struct QemuConfig {
     pub threads: Option<Count>,
     /// Memory in MiB (default 512).
     pub memory: MemoryMib,
-    /// qemu's `-machine type=` (default `pc`).
+    /// qemu's `-machine type=` (default `pc`; `virt` for Arm and RISC-V qemu binaries).
     pub machine_type: Text,
-    /// qemu's `-cpu` (default `host` with KVM, qemu's own otherwise).
+    /// qemu's `-cpu` (default `host` with KVM; `max` for aarch64 under TCG, whose `virt`
+    /// default is a 32-bit CPU; qemu's own otherwise).
     pub cpu_model: Option<Text>,
     /// The qemu binary (default `qemu-system-x86_64`).
     #[serde(skip_serializing)]
@@ -449,6 +450,30 @@ pub const INERT: &[(&str, &str)] = &[
 /// Debian's OVMF, used when efi_boot is set without firmware paths.
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Debian's AAVMF (qemu-efi-aarch64), for arm64 guests.
+const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+
+/// The guest architecture a qemu binary emulates: `qemu-system-aarch64` → `aarch64`.
+pub fn target_arch(binary: &str) -> &str {
+    let name = binary.rsplit('/').next().unwrap_or(binary);
+    name.strip_prefix("qemu-system-").unwrap_or("x86_64")
+}
+
+/// Whether this host's KVM could run a guest of `arch` (same architecture family).
+pub fn host_runs(arch: &str) -> bool {
+    let host = std::env::consts::ARCH;
+    arch == host || (host == "x86_64" && arch == "i386") || (host == "aarch64" && arch == "arm")
+}
+
+/// The Debian package that has qemu for `arch`.
+pub fn qemu_package(arch: &str) -> &'static str {
+    match arch {
+        "x86_64" | "i386" => "qemu-system-x86",
+        "aarch64" | "arm" => "qemu-system-arm",
+        _ => "qemu-system-misc",
+    }
+}
 
 pub use kiln_core::ResolvedBase;
 
@@ -848,11 +873,23 @@ impl QemuConfig {
         if self.efi_firmware_code.is_some() || self.efi_firmware_vars.is_some() {
             self.efi_boot = Flag(true);
         }
+        let arch = target_arch(&self.qemu_binary.0).to_string();
+        // Defaults follow the guest's architecture: Arm and RISC-V boards are `virt`.
+        if !c.attrs.contains_key("machine_type")
+            && matches!(arch.as_str(), "aarch64" | "arm" | "riscv64" | "riscv32")
+        {
+            self.machine_type = Text("virt".into());
+        }
         if self.efi_boot.0 {
             let mut missing = Diagnostics::default();
+            let (code, vars, package) = if arch == "aarch64" {
+                (AAVMF_CODE, AAVMF_VARS, "qemu-efi-aarch64")
+            } else {
+                (OVMF_CODE, OVMF_VARS, "ovmf")
+            };
             for (attr, slot, default) in [
-                ("efi_firmware_code", &mut self.efi_firmware_code, OVMF_CODE),
-                ("efi_firmware_vars", &mut self.efi_firmware_vars, OVMF_VARS),
+                ("efi_firmware_code", &mut self.efi_firmware_code, code),
+                ("efi_firmware_vars", &mut self.efi_firmware_vars, vars),
             ] {
                 if slot.is_none() {
                     if !std::path::Path::new(default).is_file() {
@@ -861,7 +898,7 @@ impl QemuConfig {
                                 format!("efi_boot needs UEFI firmware, and {default} ({attr}'s default) does not exist"),
                                 Some(c.span_of("efi_boot").clone()),
                             )
-                            .with_hint("apt-get install ovmf, or set efi_firmware_code and efi_firmware_vars"),
+                            .with_hint(format!("apt-get install {package}, or set efi_firmware_code and efi_firmware_vars")),
                         );
                     }
                     *slot = Some(Text(default.into()));
@@ -1248,6 +1285,37 @@ mod tests {
         );
         let err = settings(&[("iso_checksum", "sha256:abc".into())]).expect_err("short hex");
         assert!(err.contains("64 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn an_aarch64_qemu_gets_virt_max_and_aavmf_unless_told_otherwise() {
+        let s = settings(&[
+            ("qemu_binary", "qemu-system-aarch64".into()),
+            ("accelerator", "tcg".into()),
+        ])
+        .expect("resolves");
+        assert_eq!(s.cfg.machine_type.0, "virt");
+        let s = settings(&[
+            ("qemu_binary", "/usr/bin/qemu-system-aarch64".into()),
+            ("machine_type", "virt-7.2".into()),
+        ])
+        .expect("resolves");
+        assert_eq!(s.cfg.machine_type.0, "virt-7.2");
+        assert_eq!(settings(&[]).expect("resolves").cfg.machine_type.0, "pc");
+        assert_eq!(target_arch("/usr/bin/qemu-system-aarch64"), "aarch64");
+        assert_eq!(qemu_package("aarch64"), "qemu-system-arm");
+        assert!(!host_runs("aarch64") || std::env::consts::ARCH == "aarch64");
+        if std::path::Path::new(AAVMF_CODE).is_file() {
+            let s = settings(&[
+                ("qemu_binary", "qemu-system-aarch64".into()),
+                ("efi_boot", true.into()),
+            ])
+            .expect("resolves");
+            assert_eq!(
+                s.efi,
+                Some((AAVMF_CODE.to_string(), AAVMF_VARS.to_string()))
+            );
+        }
     }
 
     #[test]

@@ -146,7 +146,20 @@ fn running(pid: u32) -> bool {
 impl QemuBuilder {
     fn choose_accel(&self, em: &Emitter, scratch: &Path) -> Result<String> {
         let s = &self.s;
+        let arch = config::target_arch(&s.cfg.qemu_binary.0);
+        let foreign = !config::host_runs(arch);
         match s.cfg.accelerator {
+            Accelerator::Auto if foreign => {
+                em.say(format!(
+                    "accelerator: tcg (auto: the guest is {arch} and this host {}: KVM cannot run it)",
+                    std::env::consts::ARCH
+                ));
+                Ok("tcg".into())
+            }
+            Accelerator::Kvm if foreign => Err(Error::failed(format!(
+                "accelerator = \"kvm\" but the guest is {arch} and this host {}: KVM runs only guests of the host's architecture — use accelerator = \"tcg\" or \"auto\"",
+                std::env::consts::ARCH
+            ))),
             Accelerator::Auto => match accel::kvm_works(&s.cfg.qemu_binary.0, scratch) {
                 Ok(()) => {
                     em.say("accelerator: kvm (auto: KVM runs guests here)");
@@ -300,12 +313,19 @@ impl Builder for QemuBuilder {
         let options = serde_json::to_value(&s.cfg).map_err(|e| Error::other("cache key", e))?;
         let communicator =
             serde_json::to_value(&s.ssh_opts).map_err(|e| Error::other("cache key", e))?;
-        Ok(serde_json::json!({
+        let mut key = serde_json::json!({
             "base": format!("sha256:{digest}"),
             "disk_size": s.disk_size,
             "options": options,
             "communicator": communicator,
-        }))
+        });
+        // The guest's architecture (qemu_binary itself is not in the key: its path may differ
+        // between machines). Absent for x86_64, so existing keys stay as they were.
+        let arch = config::target_arch(&s.cfg.qemu_binary.0);
+        if arch != "x86_64" {
+            key["arch"] = serde_json::json!(arch);
+        }
+        Ok(key)
     }
 
     fn preflight(&self, force: bool) -> Result<()> {
@@ -389,8 +409,9 @@ impl Builder for QemuBuilder {
             }
             None => {
                 return Err(Error::failed(format!(
-                    "{} is not installed: apt-get install qemu-system-x86 qemu-utils",
-                    s.cfg.qemu_binary.0
+                    "{} is not installed: apt-get install {} qemu-utils",
+                    s.cfg.qemu_binary.0,
+                    config::qemu_package(config::target_arch(&s.cfg.qemu_binary.0))
                 )))
             }
         }

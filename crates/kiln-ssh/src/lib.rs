@@ -534,7 +534,14 @@ impl SshComm {
             ch.send_eof().map_err(|e| e.message().to_string())?;
             ch.wait_eof().map_err(|e| e.message().to_string())?;
             ch.close().map_err(|e| e.message().to_string())?;
-            ch.wait_close().map_err(|e| e.message().to_string())
+            ch.wait_close().map_err(|e| e.message().to_string())?;
+            // A guest without scp can still take the data and then fail (`sh: scp: not found`,
+            // status 127): only a zero status means the file was written.
+            match ch.exit_status() {
+                Ok(0) => Ok(()),
+                Ok(n) => Err(format!("scp in the guest exited with status {n}")),
+                Err(e) => Err(e.message().to_string()),
+            }
         })();
         sess.set_timeout(0);
         r
