@@ -1300,3 +1300,65 @@ build {{
     );
     assert!(ctx.qemu_pids().is_empty());
 }
+
+#[test]
+fn ssh_through_a_bastion_reaches_an_address_only_the_bastion_can_see() {
+    let ctx = Ctx::new("bastion");
+    let guest = start_guest(&ctx);
+    let b = ctx.base.display();
+    // 10.0.2.15 is the guest's address inside QEMU's user network: this host cannot reach it,
+    // the guest (the bastion here, at the forwarded port) can.
+    let tpl = |key: &str| {
+        format!(
+            r#"source "null" "behind" {{
+  ssh_host                     = "10.0.2.15"
+  ssh_port                     = 22
+  ssh_username                 = "root"
+  ssh_private_key_file         = "{b}/id_ed25519"
+  ssh_timeout                  = "2m"
+  ssh_bastion_host             = "127.0.0.1"
+  ssh_bastion_port             = {port}
+  ssh_bastion_username         = "root"
+  ssh_bastion_private_key_file = "{key}"
+}}
+build {{
+  sources = ["source.null.behind"]
+  provisioner "shell" {{
+    inline = ["echo reached-$(hostname)-at-$(ip -4 addr show eth0 | grep -o '10.0.2.15')"]
+  }}
+  provisioner "file" {{
+    content     = "through the bastion\n"
+    destination = "/root/bastion.txt"
+  }}
+  provisioner "shell" {{
+    inline = ["cat /root/bastion.txt"]
+  }}
+}}
+"#,
+            port = guest.port
+        )
+    };
+    let t = ctx.write("b.pkr.hcl", &tpl(&format!("{b}/id_ed25519")));
+    let out = ctx.kiln(&["build", &t.to_string_lossy()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("reached-kiln-base-at-10.0.2.15"), "{s}");
+    assert!(s.contains("through the bastion"), "{s}");
+    // A key the bastion refuses is named as the bastion's problem.
+    let other = ctx.dir.join("other_key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    let t = ctx.write(
+        "bad.pkr.hcl",
+        &tpl(&other.to_string_lossy()).replace("\"2m\"", "\"5s\""),
+    );
+    let out = ctx.kiln(&["build", &t.to_string_lossy()]);
+    let s = text(&out);
+    assert!(!out.status.success(), "{s}");
+    assert!(s.contains("bastion 127.0.0.1: key"), "{s}");
+    drop(guest);
+}

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub mod options;
+mod relay;
 
 kiln_core::choice! {
     /// How files reach the guest (`ssh_file_transfer_method`).
@@ -48,6 +49,19 @@ pub struct SshConfig {
     /// How long one remote operation may take when the step sets no timeout
     /// (`ssh_read_write_timeout`); `None` = no limit.
     pub read_write_timeout: Option<Duration>,
+    /// Reach host:port through this SSH server (`ssh_bastion_*`).
+    pub bastion: Option<Bastion>,
+}
+
+/// A jump host: kiln logs in to it and opens a `direct-tcpip` channel to the target.
+#[derive(Clone)]
+pub struct Bastion {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub private_key_file: Option<PathBuf>,
+    pub agent_auth: bool,
 }
 
 /// The algorithms this libssh2 supports for ciphers and key exchange (for validate).
@@ -121,6 +135,10 @@ impl std::fmt::Debug for SshConfig {
             .field("password", &self.password.as_ref().map(|_| "<sensitive>"))
             .field("private_key_file", &self.private_key_file)
             .field("host_key", &self.host_key)
+            .field(
+                "bastion",
+                &self.bastion.as_ref().map(|b| (&b.host, b.port, &b.user)),
+            )
             .finish()
     }
 }
@@ -141,6 +159,8 @@ pub struct SshComm {
     use_cat: bool,
     /// The host key fingerprint every connection of this build must present.
     pinned: Option<String>,
+    /// The bastion relay carrying `sess`, when there is a bastion (dropped after it).
+    relay: Option<relay::Relay>,
 }
 
 /// Why the last attempt did not get a session.
@@ -191,6 +211,7 @@ impl SshComm {
             em,
             alive,
             use_cat: false,
+            relay: None,
         };
         c.ensure()?;
         Ok(c)
@@ -201,26 +222,32 @@ impl SshComm {
         self.pinned.as_deref()
     }
 
+    /// Where kiln's TCP connection goes: the bastion when there is one, else ssh_host.
     fn addr(&self) -> Result<SocketAddr> {
-        (self.cfg.host.as_str(), self.cfg.port)
+        let (host, port) = match &self.cfg.bastion {
+            Some(b) => (b.host.as_str(), b.port),
+            None => (self.cfg.host.as_str(), self.cfg.port),
+        };
+        (host, port)
             .to_socket_addrs()
-            .map_err(|e| Error::other(format!("cannot resolve ssh host {}", self.cfg.host), e))?
+            .map_err(|e| Error::other(format!("cannot resolve ssh host {host}"), e))?
             .next()
-            .ok_or_else(|| Error::failed(format!("ssh host {} has no address", self.cfg.host)))
+            .ok_or_else(|| Error::failed(format!("ssh host {host} has no address")))
     }
 
     /// Connects if there is no session.
     fn ensure(&mut self) -> Result<&ssh2::Session> {
         if self.sess.is_none() {
-            let s = self.wait_for_session()?;
+            let (s, relay) = self.wait_for_session()?;
             self.sess = Some(s);
+            self.relay = relay;
         }
         self.sess
             .as_ref()
             .ok_or_else(|| Error::failed("no ssh session"))
     }
 
-    fn wait_for_session(&mut self) -> Result<ssh2::Session> {
+    fn wait_for_session(&mut self) -> Result<(ssh2::Session, Option<relay::Relay>)> {
         let addr = self.addr()?;
         let start = Instant::now();
         let deadline = start + self.cfg.timeout;
@@ -237,7 +264,7 @@ impl SshComm {
             let attempt_start = Instant::now();
             let r = self.try_session(addr, banner_timeout);
             match r {
-                Ok((s, fp)) => {
+                Ok((s, fp, relay)) => {
                     if self.pinned.is_none() {
                         self.em
                             .debug(format!("ssh host key {fp} pinned for this build"));
@@ -248,7 +275,7 @@ impl SshComm {
                         self.cfg.user,
                         start.elapsed().as_secs_f64()
                     ));
-                    return Ok(s);
+                    return Ok((s, relay));
                 }
                 Err(Waiting::HostKey(m)) => return Err(Error::Fatal(m)),
                 Err(w) => {
@@ -296,7 +323,7 @@ impl SshComm {
         &self,
         addr: SocketAddr,
         banner_timeout: Duration,
-    ) -> std::result::Result<(ssh2::Session, String), Waiting> {
+    ) -> std::result::Result<(ssh2::Session, String, Option<relay::Relay>), Waiting> {
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| match e
             .kind()
         {
@@ -332,7 +359,32 @@ impl SshComm {
         }
         let _ = tcp.set_read_timeout(None);
         let mut sess = ssh2::Session::new().map_err(|e| Waiting::Handshake(e.to_string()))?;
-        sess.set_tcp_stream(tcp);
+        let mut relay = None;
+        match &self.cfg.bastion {
+            None => sess.set_tcp_stream(tcp),
+            Some(b) => {
+                let mut bs = ssh2::Session::new().map_err(|e| Waiting::Handshake(e.to_string()))?;
+                bs.set_tcp_stream(tcp);
+                bs.set_timeout(30_000);
+                bs.handshake().map_err(|e| {
+                    Waiting::Handshake(format!("bastion {}: {}", b.host, e.message()))
+                })?;
+                bs.set_timeout(10_000);
+                authenticate(
+                    &bs,
+                    &b.user,
+                    b.agent_auth,
+                    b.private_key_file.as_deref(),
+                    b.password.as_deref(),
+                )
+                .map_err(|r| Waiting::Auth(format!("bastion {}: {r}", b.host)))?;
+                // The target not listening yet is what a booting guest looks like: keep waiting.
+                let (sock, r) = relay::through(bs, &self.cfg.host, self.cfg.port)
+                    .map_err(|_| Waiting::Refused)?;
+                sess.set_tcp_stream(sock);
+                relay = Some(r);
+            }
+        }
         sess.set_timeout(30_000);
         let prefs = [
             (ssh2::MethodType::CryptCs, &self.cfg.ciphers),
@@ -362,47 +414,14 @@ impl SshComm {
             }
         }
         sess.set_timeout(10_000);
-        let user = &self.cfg.user;
-        let mut reasons = Vec::new();
-        if self.cfg.agent_auth {
-            if let Err(e) = sess.userauth_agent(user) {
-                reasons.push(format!(
-                    "SSH agent (ssh_agent_auth, SSH_AUTH_SOCK={}) for user {user}: {}",
-                    std::env::var("SSH_AUTH_SOCK").unwrap_or_else(|_| "unset".into()),
-                    e.message()
-                ));
-            }
-        }
-        if let Some(key) = self
-            .cfg
-            .private_key_file
-            .as_ref()
-            .filter(|_| !sess.authenticated())
-        {
-            match sess.userauth_pubkey_file(user, None, key, None) {
-                Ok(()) => {}
-                Err(e) => reasons.push(format!(
-                    "key {} for user {user}: {}",
-                    key.display(),
-                    e.message()
-                )),
-            }
-        }
-        if !sess.authenticated() {
-            if let Some(pw) = &self.cfg.password {
-                if let Err(e) = sess.userauth_password(user, pw) {
-                    reasons.push(format!("password for user {user}: {}", e.message()));
-                }
-            }
-        }
-        if !sess.authenticated() {
-            if reasons.is_empty() {
-                reasons.push(format!(
-                    "no password or private key configured for user {user}"
-                ));
-            }
-            return Err(Waiting::Auth(reasons.join("; ")));
-        }
+        authenticate(
+            &sess,
+            &self.cfg.user,
+            self.cfg.agent_auth,
+            self.cfg.private_key_file.as_deref(),
+            self.cfg.password.as_deref(),
+        )
+        .map_err(Waiting::Auth)?;
         sess.set_timeout(0);
         if self.cfg.keep_alive > Duration::ZERO {
             sess.set_keepalive(
@@ -410,12 +429,13 @@ impl SshComm {
                 u32::try_from(self.cfg.keep_alive.as_secs().max(1)).unwrap_or(u32::MAX),
             );
         }
-        Ok((sess, fp))
+        Ok((sess, fp, relay))
     }
 
     fn lost(&mut self, what: &str, e: impl std::fmt::Display) -> Error {
         self.sftp = None;
         self.sess = None;
+        self.relay = None;
         if self.cancel.is_cancelled() {
             return Error::Cancelled;
         }
@@ -581,6 +601,52 @@ impl SshComm {
 }
 
 /// Quotes a string for a POSIX shell.
+/// Logs `sess` in as `user` with the agent, the key, then the password (whichever are given);
+/// every method's failure is named.
+fn authenticate(
+    sess: &ssh2::Session,
+    user: &str,
+    agent: bool,
+    key: Option<&std::path::Path>,
+    password: Option<&str>,
+) -> std::result::Result<(), String> {
+    let mut reasons = Vec::new();
+    if agent {
+        if let Err(e) = sess.userauth_agent(user) {
+            reasons.push(format!(
+                "SSH agent (SSH_AUTH_SOCK={}) for user {user}: {}",
+                std::env::var("SSH_AUTH_SOCK").unwrap_or_else(|_| "unset".into()),
+                e.message()
+            ));
+        }
+    }
+    if let Some(key) = key.filter(|_| !sess.authenticated()) {
+        if let Err(e) = sess.userauth_pubkey_file(user, None, key, None) {
+            reasons.push(format!(
+                "key {} for user {user}: {}",
+                key.display(),
+                e.message()
+            ));
+        }
+    }
+    if !sess.authenticated() {
+        if let Some(pw) = password {
+            if let Err(e) = sess.userauth_password(user, pw) {
+                reasons.push(format!("password for user {user}: {}", e.message()));
+            }
+        }
+    }
+    if sess.authenticated() {
+        return Ok(());
+    }
+    if reasons.is_empty() {
+        reasons.push(format!(
+            "no password or private key configured for user {user}"
+        ));
+    }
+    Err(reasons.join("; "))
+}
+
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
@@ -670,6 +736,7 @@ impl Communicator for SshComm {
     fn reset(&mut self) {
         self.sftp = None;
         self.sess = None;
+        self.relay = None;
     }
     fn endpoint(&self) -> Option<kiln_core::Endpoint> {
         Some(kiln_core::Endpoint {

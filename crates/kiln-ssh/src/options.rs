@@ -103,21 +103,30 @@ pub struct SshOptions {
     /// Accepted; not acted on yet.
     #[serde(skip_serializing)]
     pub ssh_certificate_file: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// A host to reach ssh_host:ssh_port through (a `direct-tcpip` channel, as `ssh -J`).
     #[serde(skip_serializing)]
     pub ssh_bastion_host: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// The bastion's SSH port (default 22).
     #[serde(skip_serializing)]
     pub ssh_bastion_port: Option<Port>,
-    /// Accepted; not acted on yet.
+    /// The bastion's user (default ssh_username).
     #[serde(skip_serializing)]
     pub ssh_bastion_username: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// The bastion's password.
     #[serde(skip_serializing)]
     pub ssh_bastion_password: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// The bastion's private key.
     #[serde(skip_serializing)]
     pub ssh_bastion_private_key_file: Option<Text>,
+    /// Authenticate to the bastion with the SSH agent's keys.
+    #[serde(skip_serializing)]
+    pub ssh_bastion_agent_auth: Option<Flag>,
+    /// Accepted; not acted on (keyboard-interactive authentication).
+    #[serde(skip_serializing)]
+    pub ssh_bastion_interactive: Option<Flag>,
+    /// Accepted; not acted on (certificates, as ssh_certificate_file).
+    #[serde(skip_serializing)]
+    pub ssh_bastion_certificate_file: Option<Text>,
     /// Accepted; not acted on yet.
     #[serde(skip_serializing)]
     pub ssh_proxy_host: Option<Text>,
@@ -175,11 +184,8 @@ pub struct SshOptions {
 /// Options accepted for compatibility that kiln does not act on yet (named in a warning).
 pub const INERT: &[(&str, &str)] = &[
     ("ssh_certificate_file", "libssh2 cannot authenticate with OpenSSH certificates; use ssh_private_key_file or ssh_agent_auth"),
-    ("ssh_bastion_host", BASTION),
-    ("ssh_bastion_port", BASTION),
-    ("ssh_bastion_username", BASTION),
-    ("ssh_bastion_password", BASTION),
-    ("ssh_bastion_private_key_file", BASTION),
+    ("ssh_bastion_interactive", "kiln authenticates to the bastion with a key, the agent or a password, not keyboard-interactive"),
+    ("ssh_bastion_certificate_file", "libssh2 cannot authenticate with OpenSSH certificates; use ssh_bastion_private_key_file or ssh_bastion_agent_auth"),
     ("ssh_proxy_host", "kiln does not connect through a SOCKS proxy yet; it connects directly to ssh_host"),
     ("ssh_proxy_port", "kiln does not connect through a SOCKS proxy yet; it connects directly to ssh_host"),
     ("ssh_remote_tunnels", TUNNELS),
@@ -187,7 +193,6 @@ pub const INERT: &[(&str, &str)] = &[
     ("ssh_keypair_name", "it names a key pair of a cloud account, which the qemu and null builders have none of; use ssh_private_key_file"),
 ];
 
-const BASTION: &str = "kiln does not connect through a bastion yet; it connects directly to ssh_host (a qemu guest is always local)";
 const TUNNELS: &str = "kiln opens no SSH tunnels yet; for a qemu guest, forward ports with qemuargs (hostfwd/guestfwd)";
 
 /// What the communicator options resolve to.
@@ -215,6 +220,26 @@ impl SshOptions {
             }
             d.push(x);
         };
+        if self.ssh_bastion_host.is_some()
+            && self.ssh_bastion_password.is_none()
+            && self.ssh_bastion_private_key_file.is_none()
+            && !self.ssh_bastion_agent_auth.is_some_and(|f| f.0)
+        {
+            err(
+                "ssh_bastion_host",
+                "the bastion needs a way to log in".into(),
+                Some("set ssh_bastion_private_key_file, ssh_bastion_password or ssh_bastion_agent_auth = true"),
+            );
+        }
+        if let Some(k) = &self.ssh_bastion_private_key_file {
+            if let Err(e) = std::fs::metadata(&k.0) {
+                err(
+                    "ssh_bastion_private_key_file",
+                    format!("cannot read {}: {e}", k.0),
+                    None,
+                );
+            }
+        }
         let kind = self.communicator.unwrap_or(CommunicatorKind::Ssh);
         if !COMMUNICATORS.iter().any(|(k, have)| *k == kind && *have) {
             err(
@@ -254,6 +279,16 @@ impl SshOptions {
                 .map(|c| c.0.clone())
                 .collect(),
             agent_auth: self.ssh_agent_auth.is_some_and(|f| f.0),
+            bastion: t(&self.ssh_bastion_host).map(|host| crate::Bastion {
+                host,
+                port: self.ssh_bastion_port.map_or(22, |p| p.0),
+                user: t(&self.ssh_bastion_username)
+                    .or_else(|| t(&self.ssh_username))
+                    .unwrap_or_default(),
+                password: t(&self.ssh_bastion_password),
+                private_key_file: t(&self.ssh_bastion_private_key_file).map(PathBuf::from),
+                agent_auth: self.ssh_bastion_agent_auth.is_some_and(|f| f.0),
+            }),
             read_write_timeout: self
                 .ssh_read_write_timeout
                 .map(|d| d.0)
