@@ -1362,3 +1362,121 @@ build {{
     assert!(s.contains("bastion 127.0.0.1: key"), "{s}");
     drop(guest);
 }
+
+/// A SOCKS5 proxy for the test (RFC 1928 CONNECT by name, with RFC 1929 username/password):
+/// returns its port and what it was asked to connect to.
+fn socks_proxy(
+    user: &'static str,
+    pass: &'static str,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut b = [0u8; 512];
+                let Ok(()) = c.read_exact(&mut b[..2]) else {
+                    return;
+                };
+                let n = usize::from(b[1]);
+                let Ok(()) = c.read_exact(&mut b[..n]) else {
+                    return;
+                };
+                if !b[..n].contains(&2) {
+                    let _ = c.write_all(&[5, 0xff]);
+                    return;
+                }
+                let _ = c.write_all(&[5, 2]);
+                let Ok(()) = c.read_exact(&mut b[..2]) else {
+                    return;
+                };
+                let ul = usize::from(b[1]);
+                let mut u = vec![0; ul];
+                let Ok(()) = c.read_exact(&mut u) else { return };
+                let Ok(()) = c.read_exact(&mut b[..1]) else {
+                    return;
+                };
+                let mut p = vec![0; usize::from(b[0])];
+                let Ok(()) = c.read_exact(&mut p) else { return };
+                if u != user.as_bytes() || p != pass.as_bytes() {
+                    let _ = c.write_all(&[1, 1]);
+                    return;
+                }
+                let _ = c.write_all(&[1, 0]);
+                let Ok(()) = c.read_exact(&mut b[..5]) else {
+                    return;
+                };
+                let hl = usize::from(b[4]);
+                let mut h = vec![0; hl + 2];
+                let Ok(()) = c.read_exact(&mut h) else { return };
+                let host = String::from_utf8_lossy(&h[..hl]).into_owned();
+                let tport = u16::from_be_bytes([h[hl], h[hl + 1]]);
+                seen.lock().expect("lock").push(format!("{host}:{tport}"));
+                let Ok(t) = std::net::TcpStream::connect((host.as_str(), tport)) else {
+                    let _ = c.write_all(&[5, 5, 0, 1, 0, 0, 0, 0, 0, 0]);
+                    return;
+                };
+                let _ = c.write_all(&[5, 0, 0, 1, 127, 0, 0, 1, 0, 0]);
+                let (mut c2, mut t2) =
+                    (c.try_clone().expect("clone"), t.try_clone().expect("clone"));
+                let (mut c, mut t) = (c, t);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut t2);
+                    let _ = t2.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut t, &mut c);
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn ssh_through_a_socks_proxy_with_a_password() {
+    let ctx = Ctx::new("socks");
+    let (port, seen) = socks_proxy("kiln", "proxy-secret");
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "socks",
+            &format!(
+                "  ssh_proxy_host = \"127.0.0.1\"\n  ssh_proxy_port = {port}\n  ssh_proxy_username = \"kiln\"\n  ssh_proxy_password = \"proxy-secret\""
+            ),
+            "  provisioner \"shell\" {\n    inline = [\"echo via-socks > /root/socks.txt\"]\n  }",
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    let asked = seen.lock().expect("lock").clone();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|a| a.starts_with("127.0.0.1:")),
+        "{asked:?}"
+    );
+    let disk = ctx.dir.join("out-socks/disk.qcow2");
+    assert_eq!(
+        ctx.read_from_image(&disk, "/root/socks.txt").as_deref(),
+        Some("via-socks\n")
+    );
+    // A wrong proxy password is named, and the build does not wait out ssh_timeout for it.
+    let bad = std::fs::read_to_string(&t)
+        .expect("read")
+        .replace("proxy-secret", "wrong")
+        .replace("\"out-socks\"", "\"out-socks-bad\"");
+    let t2 = ctx.write("bad.pkr.hcl", &bad);
+    // The proxy is not an input of the image: -force, or this is a cache hit.
+    let out = ctx.kiln(&["build", "-force", t2.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(!out.status.success(), "{s}");
+    assert!(
+        s.contains("the proxy refused ssh_proxy_username/ssh_proxy_password"),
+        "{s}"
+    );
+}

@@ -51,6 +51,17 @@ pub struct SshConfig {
     pub read_write_timeout: Option<Duration>,
     /// Reach host:port through this SSH server (`ssh_bastion_*`).
     pub bastion: Option<Bastion>,
+    /// Open the TCP connection through this SOCKS5 proxy (`ssh_proxy_*`).
+    pub proxy: Option<Socks>,
+}
+
+/// A SOCKS5 proxy (RFC 1928), with optional username/password (RFC 1929).
+#[derive(Clone)]
+pub struct Socks {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub password: Option<String>,
 }
 
 /// A jump host: kiln logs in to it and opens a `direct-tcpip` channel to the target.
@@ -139,6 +150,10 @@ impl std::fmt::Debug for SshConfig {
                 "bastion",
                 &self.bastion.as_ref().map(|b| (&b.host, b.port, &b.user)),
             )
+            .field(
+                "proxy",
+                &self.proxy.as_ref().map(|p| (&p.host, p.port, &p.user)),
+            )
             .finish()
     }
 }
@@ -222,11 +237,19 @@ impl SshComm {
         self.pinned.as_deref()
     }
 
-    /// Where kiln's TCP connection goes: the bastion when there is one, else ssh_host.
-    fn addr(&self) -> Result<SocketAddr> {
-        let (host, port) = match &self.cfg.bastion {
+    /// The first hop: the bastion when there is one, else ssh_host.
+    fn first_hop(&self) -> (&str, u16) {
+        match &self.cfg.bastion {
             Some(b) => (b.host.as_str(), b.port),
             None => (self.cfg.host.as_str(), self.cfg.port),
+        }
+    }
+
+    /// Where kiln's TCP connection goes: the SOCKS proxy, else the first hop.
+    fn addr(&self) -> Result<SocketAddr> {
+        let (host, port) = match &self.cfg.proxy {
+            Some(p) => (p.host.as_str(), p.port),
+            None => self.first_hop(),
         };
         (host, port)
             .to_socket_addrs()
@@ -331,6 +354,15 @@ impl SshComm {
             _ => Waiting::Handshake(e.to_string()),
         })?;
         let _ = tcp.set_nodelay(true);
+        if let Some(p) = &self.cfg.proxy {
+            let (host, port) = self.first_hop();
+            socks_connect(&tcp, p, host, port).map_err(|why| match why {
+                SocksError::Refused => Waiting::Refused,
+                SocksError::Other(m) => {
+                    Waiting::Handshake(format!("SOCKS proxy {}:{}: {m}", p.host, p.port))
+                }
+            })?;
+        }
         // With QEMU user networking the connect succeeds before the guest listens, and such a
         // connection never gets a banner. Wait for the banner's first bytes ourselves, briefly,
         // then give the socket to libssh2 with a generous timeout for the key exchange.
@@ -601,6 +633,98 @@ impl SshComm {
 }
 
 /// Quotes a string for a POSIX shell.
+enum SocksError {
+    /// The proxy could not reach the target (yet): a booting guest looks like this.
+    Refused,
+    Other(String),
+}
+
+/// Asks a SOCKS5 proxy on `tcp` to connect to `host:port` (by name, so the proxy resolves it).
+fn socks_connect(
+    tcp: &TcpStream,
+    p: &Socks,
+    host: &str,
+    port: u16,
+) -> std::result::Result<(), SocksError> {
+    use std::io::{Read as _, Write as _};
+    let io = |e: std::io::Error| SocksError::Other(e.to_string());
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut s = tcp;
+    let auth = p.user.is_some() || p.password.is_some();
+    let hello: &[u8] = if auth { &[5, 2, 0, 2] } else { &[5, 1, 0] };
+    s.write_all(hello).map_err(io)?;
+    let mut r = [0u8; 2];
+    s.read_exact(&mut r).map_err(io)?;
+    match r {
+        [5, 0] => {}
+        [5, 2] if auth => {
+            let u = p.user.as_deref().unwrap_or("");
+            let pw = p.password.as_deref().unwrap_or("");
+            let (Ok(ul), Ok(pl)) = (u8::try_from(u.len()), u8::try_from(pw.len())) else {
+                return Err(SocksError::Other(
+                    "username or password longer than 255 bytes".into(),
+                ));
+            };
+            let mut m = vec![1, ul];
+            m.extend_from_slice(u.as_bytes());
+            m.push(pl);
+            m.extend_from_slice(pw.as_bytes());
+            s.write_all(&m).map_err(io)?;
+            s.read_exact(&mut r).map_err(io)?;
+            if r[1] != 0 {
+                return Err(SocksError::Other(
+                    "the proxy refused ssh_proxy_username/ssh_proxy_password".into(),
+                ));
+            }
+        }
+        [5, 0xff] => {
+            return Err(SocksError::Other(
+                "the proxy accepts none of kiln's authentication methods (none, username/password)"
+                    .into(),
+            ))
+        }
+        other => return Err(SocksError::Other(format!("not a SOCKS5 answer: {other:?}"))),
+    }
+    let Ok(hl) = u8::try_from(host.len()) else {
+        return Err(SocksError::Other("host name longer than 255 bytes".into()));
+    };
+    let mut m = vec![5, 1, 0, 3, hl];
+    m.extend_from_slice(host.as_bytes());
+    m.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&m).map_err(io)?;
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).map_err(io)?;
+    if head[1] != 0 {
+        // 3 network unreachable, 4 host unreachable, 5 connection refused: not up yet.
+        return Err(if matches!(head[1], 3..=5) {
+            SocksError::Refused
+        } else {
+            SocksError::Other(format!(
+                "the proxy could not connect to {host}:{port} (reply {})",
+                head[1]
+            ))
+        });
+    }
+    let rest = match head[3] {
+        1 => 4 + 2,
+        4 => 16 + 2,
+        3 => {
+            let mut l = [0u8; 1];
+            s.read_exact(&mut l).map_err(io)?;
+            usize::from(l[0]) + 2
+        }
+        t => {
+            return Err(SocksError::Other(format!(
+                "unknown address type {t} in the proxy's reply"
+            )))
+        }
+    };
+    let mut skip = vec![0u8; rest];
+    s.read_exact(&mut skip).map_err(io)?;
+    let _ = tcp.set_read_timeout(None);
+    Ok(())
+}
+
 /// Logs `sess` in as `user` with the agent, the key, then the password (whichever are given);
 /// every method's failure is named.
 fn authenticate(

@@ -127,12 +127,18 @@ pub struct SshOptions {
     /// Accepted; not acted on (certificates, as ssh_certificate_file).
     #[serde(skip_serializing)]
     pub ssh_bastion_certificate_file: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// A SOCKS5 proxy kiln's SSH connections go through.
     #[serde(skip_serializing)]
     pub ssh_proxy_host: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// The proxy's port (default 1080).
     #[serde(skip_serializing)]
     pub ssh_proxy_port: Option<Port>,
+    /// The proxy's user (username/password authentication, RFC 1929).
+    #[serde(skip_serializing)]
+    pub ssh_proxy_username: Option<Text>,
+    /// The proxy's password.
+    #[serde(skip_serializing)]
+    pub ssh_proxy_password: Option<Text>,
     /// Accepted; not acted on yet.
     #[serde(skip_serializing)]
     pub ssh_remote_tunnels: Option<Vec<Text>>,
@@ -186,8 +192,6 @@ pub const INERT: &[(&str, &str)] = &[
     ("ssh_certificate_file", "libssh2 cannot authenticate with OpenSSH certificates; use ssh_private_key_file or ssh_agent_auth"),
     ("ssh_bastion_interactive", "kiln authenticates to the bastion with a key, the agent or a password, not keyboard-interactive"),
     ("ssh_bastion_certificate_file", "libssh2 cannot authenticate with OpenSSH certificates; use ssh_bastion_private_key_file or ssh_bastion_agent_auth"),
-    ("ssh_proxy_host", "kiln does not connect through a SOCKS proxy yet; it connects directly to ssh_host"),
-    ("ssh_proxy_port", "kiln does not connect through a SOCKS proxy yet; it connects directly to ssh_host"),
     ("ssh_remote_tunnels", TUNNELS),
     ("ssh_local_tunnels", TUNNELS),
     ("ssh_keypair_name", "it names a key pair of a cloud account, which the qemu and null builders have none of; use ssh_private_key_file"),
@@ -279,6 +283,12 @@ impl SshOptions {
                 .map(|c| c.0.clone())
                 .collect(),
             agent_auth: self.ssh_agent_auth.is_some_and(|f| f.0),
+            proxy: t(&self.ssh_proxy_host).map(|host| crate::Socks {
+                host,
+                port: self.ssh_proxy_port.map_or(1080, |p| p.0),
+                user: t(&self.ssh_proxy_username),
+                password: t(&self.ssh_proxy_password),
+            }),
             bastion: t(&self.ssh_bastion_host).map(|host| crate::Bastion {
                 host,
                 port: self.ssh_bastion_port.map_or(22, |p| p.0),
