@@ -1480,3 +1480,53 @@ fn ssh_through_a_socks_proxy_with_a_password() {
         "{s}"
     );
 }
+
+#[test]
+fn ssh_local_and_remote_tunnels_carry_connections_both_ways_during_the_build() {
+    let ctx = Ctx::new("tunnels");
+    // Something on this machine for the guest to reach through the remote tunnel.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let web_port = web.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for c in web.incoming().flatten() {
+            let mut c = c;
+            let mut b = [0u8; 1024];
+            let _ = c.read(&mut b);
+            let _ = c.write_all(
+                b"HTTP/1.0 200 OK\r\nContent-Length: 15\r\nConnection: close\r\n\r\nhello-from-host",
+            );
+        }
+    });
+    let local = free_port();
+    let t = ctx.write(
+        "t.pkr.hcl",
+        &hcl(
+            &ctx,
+            "tun",
+            &format!(
+                "  ssh_local_tunnels  = [\"{local}:127.0.0.1:22\"]\n  ssh_remote_tunnels = [\"9000:127.0.0.1:{web_port}\"]"
+            ),
+            &format!(
+                r#"  provisioner "shell" {{
+    inline = ["wget -qO- http://127.0.0.1:9000/ > /root/via-remote-tunnel"]
+  }}
+  provisioner "shell-local" {{
+    inline = ["python3 -c \"import socket; s = socket.create_connection(('127.0.0.1', {local})); print('local-tunnel-banner=' + s.recv(64).split(b'\\r')[0].decode())\""]
+  }}"#
+            ),
+        ),
+    );
+    let out = ctx.kiln(&["build", t.to_str().unwrap_or_default()]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("local-tunnel-banner=SSH-2.0-dropbear"), "{s}");
+    let disk = ctx.dir.join("out-tun/disk.qcow2");
+    assert_eq!(
+        ctx.read_from_image(&disk, "/root/via-remote-tunnel")
+            .as_deref(),
+        Some("hello-from-host")
+    );
+    // The local end is closed with the build.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", local)).is_err());
+}

@@ -53,6 +53,10 @@ pub struct SshConfig {
     pub bastion: Option<Bastion>,
     /// Open the TCP connection through this SOCKS5 proxy (`ssh_proxy_*`).
     pub proxy: Option<Socks>,
+    /// (local port, host, port) forwarded to the guest side (`ssh_local_tunnels`).
+    pub local_tunnels: Vec<(u16, String, u16)>,
+    /// (guest port, host, port) forwarded to this side (`ssh_remote_tunnels`).
+    pub remote_tunnels: Vec<(u16, String, u16)>,
 }
 
 /// A SOCKS5 proxy (RFC 1928), with optional username/password (RFC 1929).
@@ -176,6 +180,8 @@ pub struct SshComm {
     pinned: Option<String>,
     /// The bastion relay carrying `sess`, when there is a bastion (dropped after it).
     relay: Option<relay::Relay>,
+    /// The tunnels' own session (and its bastion relay), for the whole build.
+    tunnels: Option<(relay::Relay, Option<relay::Relay>)>,
 }
 
 /// Why the last attempt did not get a session.
@@ -227,8 +233,31 @@ impl SshComm {
             alive,
             use_cat: false,
             relay: None,
+            tunnels: None,
         };
         c.ensure()?;
+        if !c.cfg.local_tunnels.is_empty() || !c.cfg.remote_tunnels.is_empty() {
+            // A session of their own, so tunnel traffic never waits on a provisioner's command.
+            let (sess, bastion) = c.wait_for_session()?;
+            let t = relay::tunnels(sess, &c.cfg.local_tunnels, &c.cfg.remote_tunnels)
+                .map_err(Error::failed)?;
+            c.em.say(format!(
+                "ssh tunnels open: {}",
+                c.cfg
+                    .local_tunnels
+                    .iter()
+                    .map(|(l, h, p)| format!("127.0.0.1:{l} -> guest side {h}:{p}"))
+                    .chain(
+                        c.cfg
+                            .remote_tunnels
+                            .iter()
+                            .map(|(r, h, p)| format!("guest 127.0.0.1:{r} -> {h}:{p}"))
+                    )
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            c.tunnels = Some((t, bastion));
+        }
         Ok(c)
     }
 

@@ -139,10 +139,12 @@ pub struct SshOptions {
     /// The proxy's password.
     #[serde(skip_serializing)]
     pub ssh_proxy_password: Option<Text>,
-    /// Accepted; not acted on yet.
+    /// `REMOTE_PORT:HOST:PORT`: the guest's 127.0.0.1:REMOTE_PORT reaches HOST:PORT as this
+    /// machine sees it, while the build runs (as `ssh -R`).
     #[serde(skip_serializing)]
     pub ssh_remote_tunnels: Option<Vec<Text>>,
-    /// Accepted; not acted on yet.
+    /// `LOCAL_PORT:HOST:PORT`: this machine's 127.0.0.1:LOCAL_PORT reaches HOST:PORT as the guest
+    /// sees it, while the build runs (as `ssh -L`).
     #[serde(skip_serializing)]
     pub ssh_local_tunnels: Option<Vec<Text>>,
     /// Accepted; not acted on yet.
@@ -192,12 +194,8 @@ pub const INERT: &[(&str, &str)] = &[
     ("ssh_certificate_file", "libssh2 cannot authenticate with OpenSSH certificates; use ssh_private_key_file or ssh_agent_auth"),
     ("ssh_bastion_interactive", "kiln authenticates to the bastion with a key, the agent or a password, not keyboard-interactive"),
     ("ssh_bastion_certificate_file", "libssh2 cannot authenticate with OpenSSH certificates; use ssh_bastion_private_key_file or ssh_bastion_agent_auth"),
-    ("ssh_remote_tunnels", TUNNELS),
-    ("ssh_local_tunnels", TUNNELS),
     ("ssh_keypair_name", "it names a key pair of a cloud account, which the qemu and null builders have none of; use ssh_private_key_file"),
 ];
-
-const TUNNELS: &str = "kiln opens no SSH tunnels yet; for a qemu guest, forward ports with qemuargs (hostfwd/guestfwd)";
 
 /// What the communicator options resolve to.
 #[derive(Debug, Clone)]
@@ -211,6 +209,14 @@ pub struct Resolved {
     pub pause_before: Option<Duration>,
     /// temporary_key_pair_name, if given.
     pub temp_key_name: Option<String>,
+}
+
+/// The tunnels of an option that parse (the others were reported by resolve).
+fn tunnels(v: &Option<Vec<Text>>) -> Vec<(u16, String, u16)> {
+    v.iter()
+        .flatten()
+        .filter_map(|s| crate::relay::parse_tunnel(&s.0))
+        .collect()
 }
 
 impl SshOptions {
@@ -242,6 +248,22 @@ impl SshOptions {
                     format!("cannot read {}: {e}", k.0),
                     None,
                 );
+            }
+        }
+        for key in ["ssh_local_tunnels", "ssh_remote_tunnels"] {
+            let list = if key == "ssh_local_tunnels" {
+                &self.ssh_local_tunnels
+            } else {
+                &self.ssh_remote_tunnels
+            };
+            for spec in list.iter().flatten() {
+                if crate::relay::parse_tunnel(&spec.0).is_none() {
+                    err(
+                        key,
+                        format!("{:?} is not PORT:HOST:PORT", spec.0),
+                        Some("write it as Packer does, e.g. \"8080:localhost:80\""),
+                    );
+                }
             }
         }
         let kind = self.communicator.unwrap_or(CommunicatorKind::Ssh);
@@ -283,6 +305,8 @@ impl SshOptions {
                 .map(|c| c.0.clone())
                 .collect(),
             agent_auth: self.ssh_agent_auth.is_some_and(|f| f.0),
+            local_tunnels: tunnels(&self.ssh_local_tunnels),
+            remote_tunnels: tunnels(&self.ssh_remote_tunnels),
             proxy: t(&self.ssh_proxy_host).map(|host| crate::Socks {
                 host,
                 port: self.ssh_proxy_port.map_or(1080, |p| p.0),
