@@ -156,12 +156,16 @@ pub fn through(
 }
 
 /// `LOCAL_PORT:HOST:PORT` (local) or `REMOTE_PORT:HOST:PORT` (remote), as Packer writes them.
+/// An IPv6 host is written in brackets (`8080:[::1]:80`) and returned without them.
 pub fn parse_tunnel(spec: &str) -> Option<(u16, String, u16)> {
-    let mut it = spec.rsplitn(3, ':');
-    let port = it.next()?.parse().ok()?;
-    let host = it.next()?.to_string();
-    let listen = it.next()?.parse().ok()?;
-    (!host.is_empty()).then_some((listen, host, port))
+    let (listen, rest) = spec.split_once(':')?;
+    let (host, port) = rest.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty())
+        .then(|| Some((listen.parse().ok()?, host.to_string(), port.parse().ok()?)))?
 }
 
 /// Serves tunnels over `sess` (an authenticated session of their own): connections to each
@@ -284,7 +288,7 @@ mod tests {
         );
         assert_eq!(
             parse_tunnel("8080:[::1]:80").map(|t| t.1),
-            Some("[::1]".into())
+            Some("::1".into())
         );
         assert_eq!(parse_tunnel("8080:80"), None);
         assert_eq!(parse_tunnel("x:h:80"), None);
