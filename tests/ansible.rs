@@ -1,6 +1,8 @@
-//! The ansible provisioners on a real Debian guest (python3, OpenSSH, ansible-core inside; made by
+//! Tests on a real Debian guest (python3, OpenSSH, ansible-core inside; made by
 //! scripts/ensure-debian.sh): the host's ansible-playbook with real modules, a handler, a role
-//! installed by ansible-galaxy, and ansible-local inside the guest. Results are read off the disk.
+//! installed by ansible-galaxy, ansible-local inside the guest, and login with an OpenSSH
+//! certificate (OpenSSH's TrustedUserCAKeys; dropbear has no certificates). Results are read off
+//! the disk.
 
 mod common;
 
@@ -258,4 +260,98 @@ fn a_missing_ansible_playbook_command_stops_the_build_before_any_guest_boots() {
         "{log}"
     );
     assert_eq!(ctx.qemu_starts(), 0, "no guest booted");
+}
+
+#[test]
+fn ssh_certificate_file_logs_in_to_a_guest_that_trusts_a_user_ca() {
+    let ctx = Ctx::new("ssh-cert");
+    let debian = debian_dir();
+    let keygen = |args: &[&str]| {
+        let st = Command::new("ssh-keygen")
+            .args(args)
+            .current_dir(&ctx.dir)
+            .status()
+            .expect("ssh-keygen");
+        assert!(st.success(), "ssh-keygen {args:?}");
+    };
+    keygen(&["-q", "-t", "ed25519", "-N", "", "-C", "kiln-ca", "-f", "ca"]);
+    keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        "kiln-user",
+        "-f",
+        "user",
+    ]);
+    keygen(&[
+        "-q",
+        "-s",
+        "ca",
+        "-I",
+        "kiln-test",
+        "-n",
+        "root",
+        "-V",
+        "-5m:+1h",
+        "user.pub",
+    ]);
+    let ca = std::fs::read_to_string(ctx.dir.join("ca.pub")).expect("ca.pub");
+    // 1: an image of the Debian guest whose sshd trusts the CA (and not the user key itself).
+    let trust = format!(
+        r#"  provisioner "shell" {{
+    inline = [
+      "echo '{}' > /etc/ssh/kiln-ca.pub",
+      "echo 'TrustedUserCAKeys /etc/ssh/kiln-ca.pub' > /etc/ssh/sshd_config.d/ca.conf",
+    ]
+  }}"#,
+        ca.trim()
+    );
+    ctx.write("trust.pkr.hcl", &debian_template(&ctx, &debian, &trust));
+    let out = ctx.kiln(&["build", "trust.pkr.hcl"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // 2: a build from that image that logs in with the user key and its certificate only.
+    let from = ctx.dir.join("out-deb/disk.qcow2");
+    let d = debian.display().to_string();
+    let t = debian_template(
+        &ctx,
+        &debian,
+        "  provisioner \"shell\" {\n    inline = [\"echo logged-in-by-certificate\"]\n  }",
+    )
+    .replace(&format!("{d}/debian.qcow2"), &from.display().to_string())
+    .replace(
+        &format!("ssh_private_key_file = \"{d}/id_ed25519\""),
+        &format!(
+            "ssh_private_key_file = \"{0}/user\"\n  ssh_certificate_file = \"{0}/user-cert.pub\"",
+            ctx.dir.display()
+        ),
+    )
+    .replace("\"out-deb\"", "\"out-cert\"");
+    ctx.write("cert.pkr.hcl", &t);
+    let out = ctx.kiln(&["build", "cert.pkr.hcl"]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("logged-in-by-certificate"), "{s}");
+    // Without the certificate the same key is refused: it is the certificate that let kiln in.
+    let nocert = t
+        .replace(
+            &format!(
+                "\n  ssh_certificate_file = \"{}/user-cert.pub\"",
+                ctx.dir.display()
+            ),
+            "",
+        )
+        .replace(
+            "ssh_timeout          = \"3m\"",
+            "ssh_timeout          = \"15s\"",
+        )
+        .replace("\"out-cert\"", "\"out-nocert\"");
+    ctx.write("nocert.pkr.hcl", &nocert);
+    // Credentials are not inputs of the image: -force, or this is a cache hit.
+    let out = ctx.kiln(&["build", "-force", "nocert.pkr.hcl"]);
+    let s = text(&out);
+    assert!(!out.status.success(), "{s}");
+    assert!(s.contains("/user for user root"), "{s}");
 }

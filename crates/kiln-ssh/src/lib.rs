@@ -29,6 +29,8 @@ pub struct SshConfig {
     pub user: String,
     pub password: Option<String>,
     pub private_key_file: Option<PathBuf>,
+    /// The OpenSSH certificate of private_key_file (`ssh_certificate_file`).
+    pub certificate_file: Option<PathBuf>,
     /// How long to keep trying to connect.
     pub timeout: Duration,
     /// Handshake attempts before giving up on a guest that answers but fails the handshake.
@@ -76,6 +78,7 @@ pub struct Bastion {
     pub user: String,
     pub password: Option<String>,
     pub private_key_file: Option<PathBuf>,
+    pub certificate_file: Option<PathBuf>,
     pub agent_auth: bool,
 }
 
@@ -436,6 +439,7 @@ impl SshComm {
                     &b.user,
                     b.agent_auth,
                     b.private_key_file.as_deref(),
+                    b.certificate_file.as_deref(),
                     b.password.as_deref(),
                 )
                 .map_err(|r| Waiting::Auth(format!("bastion {}: {r}", b.host)))?;
@@ -480,6 +484,7 @@ impl SshComm {
             &self.cfg.user,
             self.cfg.agent_auth,
             self.cfg.private_key_file.as_deref(),
+            self.cfg.certificate_file.as_deref(),
             self.cfg.password.as_deref(),
         )
         .map_err(Waiting::Auth)?;
@@ -761,6 +766,7 @@ fn authenticate(
     user: &str,
     agent: bool,
     key: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
     password: Option<&str>,
 ) -> std::result::Result<(), String> {
     let mut reasons = Vec::new();
@@ -774,10 +780,13 @@ fn authenticate(
         }
     }
     if let Some(key) = key.filter(|_| !sess.authenticated()) {
-        if let Err(e) = sess.userauth_pubkey_file(user, None, key, None) {
+        // With a certificate, libssh2 offers it as the public key (OpenSSH's *-cert-v01).
+        if let Err(e) = sess.userauth_pubkey_file(user, cert, key, None) {
             reasons.push(format!(
-                "key {} for user {user}: {}",
+                "key {}{} for user {user}: {}",
                 key.display(),
+                cert.map(|c| format!(" with certificate {}", c.display()))
+                    .unwrap_or_default(),
                 e.message()
             ));
         }

@@ -100,7 +100,8 @@ pub struct SshOptions {
     /// Key exchange algorithms to offer, in order.
     #[serde(skip_serializing)]
     pub ssh_key_exchange_algorithms: Option<Vec<Text>>,
-    /// Accepted; not acted on yet.
+    /// An OpenSSH certificate for ssh_private_key_file (`ssh-keygen -s`), for guests whose sshd
+    /// trusts a user CA (`TrustedUserCAKeys`).
     #[serde(skip_serializing)]
     pub ssh_certificate_file: Option<Text>,
     /// A host to reach ssh_host:ssh_port through (a `direct-tcpip` channel, as `ssh -J`).
@@ -124,7 +125,7 @@ pub struct SshOptions {
     /// Accepted; not acted on (keyboard-interactive authentication).
     #[serde(skip_serializing)]
     pub ssh_bastion_interactive: Option<Flag>,
-    /// Accepted; not acted on (certificates, as ssh_certificate_file).
+    /// An OpenSSH certificate for ssh_bastion_private_key_file.
     #[serde(skip_serializing)]
     pub ssh_bastion_certificate_file: Option<Text>,
     /// A SOCKS5 proxy kiln's SSH connections go through.
@@ -191,9 +192,7 @@ pub struct SshOptions {
 
 /// Options accepted for compatibility that kiln does not act on yet (named in a warning).
 pub const INERT: &[(&str, &str)] = &[
-    ("ssh_certificate_file", "libssh2 cannot authenticate with OpenSSH certificates; use ssh_private_key_file or ssh_agent_auth"),
     ("ssh_bastion_interactive", "kiln authenticates to the bastion with a key, the agent or a password, not keyboard-interactive"),
-    ("ssh_bastion_certificate_file", "libssh2 cannot authenticate with OpenSSH certificates; use ssh_bastion_private_key_file or ssh_bastion_agent_auth"),
     ("ssh_keypair_name", "it names a key pair of a cloud account, which the qemu and null builders have none of; use ssh_private_key_file"),
 ];
 
@@ -241,6 +240,36 @@ impl SshOptions {
                 Some("set ssh_bastion_private_key_file, ssh_bastion_password or ssh_bastion_agent_auth = true"),
             );
         }
+        for (cert, key, key_name) in [
+            (
+                &self.ssh_certificate_file,
+                &self.ssh_private_key_file,
+                "ssh_private_key_file",
+            ),
+            (
+                &self.ssh_bastion_certificate_file,
+                &self.ssh_bastion_private_key_file,
+                "ssh_bastion_private_key_file",
+            ),
+        ] {
+            let name = if key_name == "ssh_private_key_file" {
+                "ssh_certificate_file"
+            } else {
+                "ssh_bastion_certificate_file"
+            };
+            if let Some(c) = cert {
+                if key.is_none() {
+                    err(
+                        name,
+                        format!("{name} certifies a key, and {key_name} is not set"),
+                        Some("set the private key the certificate was signed for"),
+                    );
+                }
+                if let Err(e) = std::fs::metadata(&c.0) {
+                    err(name, format!("cannot read {}: {e}", c.0), None);
+                }
+            }
+        }
         if let Some(k) = &self.ssh_bastion_private_key_file {
             if let Err(e) = std::fs::metadata(&k.0) {
                 err(
@@ -281,6 +310,7 @@ impl SshOptions {
             user: t(&self.ssh_username).unwrap_or_default(),
             password: t(&self.ssh_password),
             private_key_file: t(&self.ssh_private_key_file).map(PathBuf::from),
+            certificate_file: t(&self.ssh_certificate_file).map(PathBuf::from),
             timeout: self
                 .ssh_timeout
                 .or(self.ssh_wait_timeout)
@@ -321,6 +351,7 @@ impl SshOptions {
                     .unwrap_or_default(),
                 password: t(&self.ssh_bastion_password),
                 private_key_file: t(&self.ssh_bastion_private_key_file).map(PathBuf::from),
+                certificate_file: t(&self.ssh_bastion_certificate_file).map(PathBuf::from),
                 agent_auth: self.ssh_bastion_agent_auth.is_some_and(|f| f.0),
             }),
             read_write_timeout: self
