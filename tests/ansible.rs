@@ -11,15 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn debian_dir() -> PathBuf {
-    let out = Command::new(common::repo().join("scripts/ensure-debian.sh"))
-        .output()
-        .expect("scripts/ensure-debian.sh runs");
-    assert!(
-        out.status.success(),
-        "making the Debian guest failed (needs: scripts/setup.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    common::ensure("ensure-debian.sh")
 }
 
 /// A build of the Debian guest with `body` inside `build {}`.

@@ -1140,15 +1140,7 @@ fn floppy_files_dirs_and_content_are_read_by_the_guest() {
 
 /// The UEFI guest (tests/fixtures/mkbase-efi.sh): GPT, systemd-boot on its own ESP, root on p2.
 fn efi_dir() -> std::path::PathBuf {
-    let out = std::process::Command::new(common::repo().join("scripts/ensure-efi.sh"))
-        .output()
-        .expect("scripts/ensure-efi.sh runs");
-    assert!(
-        out.status.success(),
-        "making the UEFI guest failed (needs: scripts/setup.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    common::ensure("ensure-efi.sh")
 }
 
 #[test]
@@ -1240,15 +1232,7 @@ build {{
 
 /// The tiny arm64 guest (tests/fixtures/mkbase-arm64.sh), from Debian's arm64 packages.
 fn arm64_dir() -> std::path::PathBuf {
-    let out = std::process::Command::new(common::repo().join("scripts/ensure-arm64.sh"))
-        .output()
-        .expect("scripts/ensure-arm64.sh runs");
-    assert!(
-        out.status.success(),
-        "making the arm64 guest failed (needs: scripts/setup.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    common::ensure("ensure-arm64.sh")
 }
 
 #[test]

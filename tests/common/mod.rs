@@ -19,27 +19,25 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The tiny base image, made by scripts/ensure-base.sh (cached by recipe digest).
 /// The tiny installer CD and its payload, made by scripts/ensure-installer.sh.
 pub fn installer_dir() -> PathBuf {
-    let out = Command::new(repo().join("scripts/ensure-installer.sh"))
-        .output()
-        .expect("scripts/ensure-installer.sh runs");
-    assert!(
-        out.status.success(),
-        "making the installer failed (needs: scripts/setup.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    ensure("ensure-installer.sh")
 }
 
+/// The tiny base image, made by scripts/ensure-base.sh (cached by recipe digest).
 pub fn base_dir() -> PathBuf {
-    let out = Command::new(repo().join("scripts/ensure-base.sh"))
+    ensure("ensure-base.sh")
+}
+
+/// Runs `scripts/<script>` (one of the ensure-*.sh scripts that make a test guest once, cached
+/// by recipe) and returns the directory it prints.
+pub fn ensure(script: &str) -> PathBuf {
+    let out = Command::new(repo().join("scripts").join(script))
         .output()
-        .expect("scripts/ensure-base.sh runs");
+        .unwrap_or_else(|e| panic!("scripts/{script} runs: {e}"));
     assert!(
         out.status.success(),
-        "making the base image failed (needs: scripts/setup.sh):\n{}",
+        "scripts/{script} failed (needs: scripts/setup.sh):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
